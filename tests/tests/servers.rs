@@ -1,0 +1,213 @@
+//! The harness itself: real etcd and Consul start, answer, keep data over a
+//! restart, and leave nothing behind when the test process ends.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cntnr_e2e::{dep_bin, shared_consul, shared_etcd, workspace_root, Consul, Etcd};
+
+fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|st| !st.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dep_bin_finds_installed_servers() {
+    for name in ["etcd", "etcdctl", "consul"] {
+        let path = dep_bin(name);
+        assert!(path.is_file(), "{name}: {}", path.display());
+    }
+    assert!(workspace_root().join("Cargo.lock").is_file());
+}
+
+#[test]
+fn shared_etcd_writes_and_reads_a_key() {
+    let etcd = shared_etcd();
+    assert!(etcd.store_url().starts_with("etcd://127.0.0.1:"));
+    stdout_of(&etcd.etcdctl(&["put", "harness/shared/greeting", "hello etcd"]));
+    let got = stdout_of(&etcd.etcdctl(&["get", "--print-value-only", "harness/shared/greeting"]));
+    assert_eq!(got.trim_end(), "hello etcd");
+    // The same server for every caller in this binary.
+    assert_eq!(shared_etcd().endpoint(), etcd.endpoint());
+}
+
+#[test]
+fn shared_consul_writes_and_reads_a_key() {
+    let consul = shared_consul();
+    assert!(consul.store_url().starts_with("consul://127.0.0.1:"));
+    assert!(consul.kv_put("harness/shared/greeting", "hello consul"));
+    assert_eq!(
+        consul.kv_get("harness/shared/greeting").as_deref(),
+        Some("hello consul")
+    );
+    assert_eq!(consul.kv_get("harness/shared/absent"), None);
+    // The CLI sees the same value.
+    let got = stdout_of(&consul.consul(&["kv", "get", "harness/shared/greeting"]));
+    assert_eq!(got.trim_end(), "hello consul");
+    assert_eq!(shared_consul().http_addr(), consul.http_addr());
+}
+
+#[test]
+fn shared_consul_answers_dns() {
+    let consul = shared_consul();
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &consul.dns_port().to_string(),
+            "+short",
+            "+time=2",
+            "+tries=3",
+            "consul.service.consul",
+        ])
+        .output()
+        .expect("dig (dnsutils) is installed by scripts/install-deps.sh");
+    assert_eq!(stdout_of(&out).trim_end(), "127.0.0.1");
+}
+
+#[test]
+fn etcd_restart_keeps_data_and_ports() {
+    let mut etcd = Etcd::start();
+    let endpoint = etcd.endpoint();
+    let dir = etcd.data_dir().to_path_buf();
+    stdout_of(&etcd.etcdctl(&["put", "harness/restart", "kept"]));
+    let first = etcd.pid().expect("running");
+
+    etcd.stop();
+    assert_eq!(etcd.pid(), None);
+    wait_until("etcd to exit", Duration::from_secs(5), || {
+        !process_alive(first)
+    });
+    let failed = etcd.etcdctl(&["--dial-timeout=1s", "get", "harness/restart"]);
+    assert!(!failed.status.success(), "a stopped etcd answered");
+
+    etcd.restart();
+    assert_eq!(etcd.endpoint(), endpoint);
+    assert_ne!(etcd.pid(), Some(first));
+    let got = stdout_of(&etcd.etcdctl(&["get", "--print-value-only", "harness/restart"]));
+    assert_eq!(got.trim_end(), "kept");
+
+    drop(etcd);
+    assert!(!dir.exists(), "drop left {}", dir.display());
+}
+
+#[test]
+fn etcd_pause_stops_answers_until_resume() {
+    let etcd = Etcd::start();
+    etcd.pause();
+    let paused = etcd.etcdctl(&["--command-timeout=1s", "put", "harness/pause", "x"]);
+    assert!(!paused.status.success(), "a paused etcd answered");
+    etcd.resume();
+    stdout_of(&etcd.etcdctl(&["put", "harness/pause", "y"]));
+}
+
+#[test]
+fn consul_restart_keeps_kv() {
+    let mut consul = Consul::start();
+    let addr = consul.http_addr();
+    let dir = consul.data_dir().to_path_buf();
+    assert!(consul.kv_put("harness/restart", "kept"));
+
+    consul.stop();
+    assert!(!consul.kv_put("harness/restart", "while stopped"));
+
+    consul.restart();
+    assert_eq!(consul.http_addr(), addr);
+    assert_eq!(consul.kv_get("harness/restart").as_deref(), Some("kept"));
+
+    drop(consul);
+    assert!(!dir.exists(), "drop left {}", dir.display());
+}
+
+#[test]
+fn consul_dev_restart_loses_kv() {
+    let mut consul = Consul::start_dev();
+    assert!(consul.kv_put("harness/dev", "gone after restart"));
+    consul.restart();
+    assert_eq!(consul.kv_get("harness/dev"), None);
+}
+
+/// Servers started by the shared statics of a child process and its
+/// directories, read from the child's stdout.
+fn spawn_child(mode: &str) -> (Child, Vec<(String, u32, PathBuf)>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cntnr-e2e-harness-child"))
+        .arg(mode)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning the harness child");
+    let mut servers = Vec::new();
+    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    for line in stdout.lines() {
+        let line = line.expect("child stdout");
+        if line == "ready" {
+            break;
+        }
+        let mut parts = line.splitn(3, ' ');
+        let (name, pid, dir) = (parts.next(), parts.next(), parts.next());
+        servers.push((
+            name.expect("name").to_owned(),
+            pid.expect("pid").parse().expect("numeric pid"),
+            PathBuf::from(dir.expect("dir")),
+        ));
+    }
+    assert_eq!(servers.len(), 2, "the child printed {servers:?}");
+    for (name, pid, dir) in &servers {
+        assert!(process_alive(*pid), "{name} not running in the child");
+        assert!(dir.is_dir(), "{name}: {} missing", dir.display());
+    }
+    (child, servers)
+}
+
+fn assert_cleaned_up(servers: &[(String, u32, PathBuf)]) {
+    for (name, pid, dir) in servers {
+        wait_until(
+            &format!(
+                "{name} (pid {pid}) to be stopped and {} removed",
+                dir.display()
+            ),
+            Duration::from_secs(20),
+            || !process_alive(*pid) && !dir.exists(),
+        );
+    }
+}
+
+#[test]
+fn servers_stop_when_test_process_is_killed() {
+    let (mut child, servers) = spawn_child("hang");
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap the child");
+    assert_cleaned_up(&servers);
+}
+
+#[test]
+fn servers_stop_when_test_process_exits() {
+    let (mut child, servers) = spawn_child("exit");
+    assert!(child.wait().expect("child exit").success());
+    assert_cleaned_up(&servers);
+}
