@@ -83,8 +83,11 @@ install_system_packages() {
   fi
   log "bookworm packages: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # An unreachable third-party source must not stop the Debian packages.
+  apt-get -o DPkg::Lock::Timeout=300 update -qq ||
+    log "apt-get update reported errors; installing from the lists it has"
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 }
 
 # The mirror the system already uses, so a machine behind a local mirror keeps
@@ -191,6 +194,10 @@ EOF
 main() {
   check_toolchain
   check_platform
+  # One run at a time (scripts/main.sh and scripts/test.sh may overlap).
+  mkdir -p "$DEPS"
+  exec 9>"$DEPS/.lock"
+  flock 9
   install_system_packages
   install_private_packages
   log "dependencies ready (binaries in $DEPS/bin)"
