@@ -211,3 +211,18 @@ fn servers_stop_when_test_process_exits() {
     assert!(child.wait().expect("child exit").success());
     assert_cleaned_up(&servers);
 }
+
+/// The harness is blocking; it must still work from async tests, whose
+/// runtime it neither needs nor disturbs.
+#[tokio::test]
+async fn harness_works_inside_a_tokio_test() {
+    let etcd = shared_etcd();
+    let consul = shared_consul();
+    let own = tokio::task::spawn_blocking(Etcd::start)
+        .await
+        .expect("start etcd");
+    stdout_of(&own.etcdctl(&["put", "harness/tokio", "async"]));
+    assert!(consul.kv_put("harness/tokio", "async"));
+    assert_ne!(own.endpoint(), etcd.endpoint());
+    drop(own);
+}
