@@ -1,5 +1,13 @@
-//! cntnr-reconcile: the pure `plan(desired, observed) -> actions` function,
-//! placement (`schedule`), the `Runtime` trait and its runc driver, the image
-//! store (pull, import, unpack) and the OCI bundle/spec builder.
+//! cntnr-reconcile: the `Runtime` trait and its runc driver, the image store
+//! (pull, import, unpack) and the OCI bundle/spec builder. (The pure
+//! `plan(desired, observed)` and `schedule` live here too, filled in by the
+//! agent issues.)
 //!
-//! Not built yet: this crate is filled in by the runtime and agent issues.
+//! Data path for one replica: [`images::ImageStore`] pulls/imports and
+//! verifies blobs, [`unpack`] turns each layer into a read-only dir once,
+//! [`bundle`] assembles an overlayfs rootfs and a `config.json`, and
+//! [`runc::Runc`] (the [`runtime::Runtime`] implementation) runs it.
+
+pub mod digest;
+pub mod images;
+pub mod unpack;
