@@ -1,0 +1,884 @@
+//! The Consul backend: our own client for the HTTP API (v1.8) on reqwest.
+//!
+//! Versions are `ModifyIndex`es, positions are `X-Consul-Index` values (u64).
+//! Writes go through `/v1/txn` so every write returns its index in one round
+//! trip. Watches are one blocking recurse query at a time, diffed against
+//! the previous result. Sessions have behavior `delete` so bound keys vanish
+//! with them; locks are KV `acquire`/`release`; the fencing token is the
+//! lock key's `ModifyIndex` at acquire, checked with `check-session` +
+//! `check-index` in the fenced write's txn. The registry is the local
+//! agent's service/check API and `/v1/health/service`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::session::{Session, SessionOps};
+use crate::store::{
+    Entry, Health, Holder, Leadership, Registration, ServiceInstance, ServiceStream, Snapshot,
+    Store, Version, WatchFrom, WatchStream,
+};
+use crate::url::{ConnectOptions, Secret};
+use crate::watch::{check_key, level_watch, spawn_stream, watch_backoff, LevelSource};
+use crate::{Error, Result};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The HTTP client for one Consul agent. The ACL token is sent in the
+/// `X-Consul-Token` header and never printed (`Debug` redacts it).
+#[derive(Clone)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+}
+
+impl std::fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KvPair {
+    key: String,
+    #[serde(default)]
+    value: Option<String>,
+    modify_index: u64,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+impl KvPair {
+    fn entry(&self) -> Result<Entry> {
+        let value = match &self.value {
+            None => Vec::new(),
+            Some(v) => B64.decode(v).map_err(|e| Error::Decode {
+                what: format!("consul value of {}", self.key),
+                message: e.to_string(),
+            })?,
+        };
+        Ok(Entry {
+            key: self.key.clone(),
+            value,
+            version: self.modify_index,
+        })
+    }
+}
+
+fn index_of(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn transport(op: &str, e: reqwest::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut cur = std::error::Error::source(&e);
+    while let Some(c) = cur {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cur = c.source();
+    }
+    Error::Unavailable {
+        op: op.into(),
+        message: msg,
+    }
+}
+
+/// Percent-encodes a key for a URL path, keeping `/`.
+fn enc_path(key: &str) -> String {
+    let mut s = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/:@".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+impl ConsulClient {
+    /// Builds a client for `address` (`host:port`). Reads the CA file now.
+    pub fn new(address: &str, tls: bool, opts: &ConnectOptions) -> Result<ConsulClient> {
+        // reqwest is built without a default crypto provider (ring, not
+        // aws-lc); install ring once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .no_proxy();
+        if let Some(ca) = &opts.ca {
+            let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::BadUrl {
+                url: format!("consul+https://{address}"),
+                reason: format!("CA file {}: {e}", ca.display()),
+            })?;
+            b = b.tls_certs_only([cert]);
+        }
+        if let (Some(c), Some(k)) = (&opts.cert, &opts.key) {
+            let mut pem =
+                std::fs::read(c).map_err(|e| Error::io("reading client certificate", c, e))?;
+            pem.extend(std::fs::read(k).map_err(|e| Error::io("reading client key", k, e))?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| Error::BadUrl {
+                url: format!("consul+https://{address}"),
+                reason: format!("client certificate/key: {e}"),
+            })?;
+            b = b.identity(id);
+        }
+        let http = b.build().map_err(|e| Error::BadUrl {
+            url: format!("consul://{address}"),
+            reason: e.to_string(),
+        })?;
+        let scheme = if tls { "https" } else { "http" };
+        Ok(ConsulClient {
+            http,
+            base: format!("{scheme}://{address}"),
+            token: opts.consul_token.clone(),
+        })
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            r = r.header("X-Consul-Token", t.expose());
+        }
+        r
+    }
+
+    /// Sends and classifies the status: 2xx and `ok_404` 404s pass through;
+    /// 403 is `Auth`; 5xx and 429 are retryable `Server` errors.
+    async fn send(&self, op: &str, r: RequestBuilder, ok: &[StatusCode]) -> Result<Response> {
+        let resp = r.send().await.map_err(|e| transport(op, e))?;
+        let status = resp.status();
+        if status.is_success() || ok.contains(&status) {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let message = format!("{status}: {}", body.trim());
+        Err(match status {
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => Error::Auth {
+                op: op.into(),
+                message,
+            },
+            s if s.is_server_error()
+                && (body.contains("ACL not found") || body.contains("Permission denied")) =>
+            {
+                Error::Auth {
+                    op: op.into(),
+                    message,
+                }
+            }
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => Error::Server {
+                op: op.into(),
+                message,
+                retryable: true,
+            },
+            _ => Error::Server {
+                op: op.into(),
+                message,
+                retryable: false,
+            },
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(op: &str, resp: Response) -> Result<T> {
+        let bytes = resp.bytes().await.map_err(|e| transport(op, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode {
+            what: op.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `GET /v1/kv/<key>` (optionally `?consistent`, blocking on `index`).
+    async fn kv_get(
+        &self,
+        key: &str,
+        consistent: bool,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Option<KvPair>, u64)> {
+        let op = format!("reading {key}");
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if consistent {
+            q.push(("consistent", String::new()));
+        }
+        if let Some((index, wait)) = block {
+            q.push(("index", index.max(1).to_string()));
+            q.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        let resp = self
+            .send(
+                &op,
+                self.req(Method::GET, &format!("/v1/kv/{}", enc_path(key)))
+                    .query(&q),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+        let index = index_of(&resp).unwrap_or(0);
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok((None, index));
+        }
+        let mut pairs: Vec<KvPair> = Self::json(&op, resp).await?;
+        Ok((pairs.pop(), index))
+    }
+
+    /// `GET /v1/kv/<prefix>?recurse`, blocking on `index` when given.
+    async fn kv_list(&self, prefix: &str, block: Option<(u64, Duration)>) -> Result<Snapshot> {
+        let op = format!("listing {prefix}");
+        let mut q: Vec<(&str, String)> = vec![("recurse", "true".into())];
+        if let Some((index, wait)) = block {
+            q.push(("index", index.max(1).to_string()));
+            q.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        let resp = self
+            .send(
+                &op,
+                self.req(Method::GET, &format!("/v1/kv/{}", enc_path(prefix)))
+                    .query(&q),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+        let position = index_of(&resp).unwrap_or(0);
+        let mut entries = BTreeMap::new();
+        if resp.status() != StatusCode::NOT_FOUND {
+            let pairs: Vec<KvPair> = Self::json(&op, resp).await?;
+            for p in pairs {
+                let e = p.entry()?;
+                entries.insert(e.key.clone(), e);
+            }
+        }
+        Ok(Snapshot { entries, position })
+    }
+
+    /// `PUT /v1/txn`. `Ok(Ok(results))` when applied, `Ok(Err(errors))` when
+    /// rolled back (409).
+    async fn txn(
+        &self,
+        op: &str,
+        ops: serde_json::Value,
+    ) -> Result<std::result::Result<Vec<serde_json::Value>, String>> {
+        let resp = self
+            .send(
+                op,
+                self.req(Method::PUT, "/v1/txn").json(&ops),
+                &[StatusCode::CONFLICT],
+            )
+            .await?;
+        let conflict = resp.status() == StatusCode::CONFLICT;
+        let v: serde_json::Value = Self::json(op, resp).await?;
+        if conflict {
+            return Ok(Err(v["Errors"].to_string()));
+        }
+        Ok(Ok(v["Results"].as_array().cloned().unwrap_or_default()))
+    }
+
+    /// The `ModifyIndex` of `key` among txn results.
+    fn result_index(results: &[serde_json::Value], key: &str) -> u64 {
+        results
+            .iter()
+            .filter(|r| r["KV"]["Key"] == key)
+            .filter_map(|r| r["KV"]["ModifyIndex"].as_u64())
+            .next_back()
+            .unwrap_or(0)
+    }
+}
+
+/// A Consul-backed store (talks to one local agent).
+#[derive(Clone, Debug)]
+pub struct ConsulStore {
+    c: ConsulClient,
+    wait: Duration,
+    lock_delay: Duration,
+}
+
+impl ConsulStore {
+    /// Connects to the agent at `address`, waiting with backoff (and logging)
+    /// while it is unreachable or has no leader, up to
+    /// `opts.connect_timeout`. A rejected ACL token fails at once.
+    pub async fn connect(address: &str, tls: bool, opts: &ConnectOptions) -> Result<ConsulStore> {
+        let c = ConsulClient::new(address, tls, opts)?;
+        let what = format!("Consul agent at {address}");
+        crate::connect::retry_connect(&what, opts.connect_timeout, || async {
+            let resp = c
+                .send("connecting", c.req(Method::GET, "/v1/status/leader"), &[])
+                .await?;
+            let leader: String = ConsulClient::json("connecting", resp).await?;
+            if leader.is_empty() {
+                return Err(Error::Unavailable {
+                    op: "connecting".into(),
+                    message: "no cluster leader yet".into(),
+                });
+            }
+            // An ACL-checked read, so a bad token fails here, not later.
+            c.send(
+                "checking ACL token",
+                c.req(Method::GET, "/v1/kv/cntnr-token-check"),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
+        Ok(ConsulStore {
+            c,
+            wait: opts.consul_wait,
+            lock_delay: opts.consul_lock_delay,
+        })
+    }
+
+    /// The HTTP client (for tests and tools).
+    pub fn client(&self) -> &ConsulClient {
+        &self.c
+    }
+
+    fn jittered_wait(&self) -> Duration {
+        // Consul adds up to wait/16 itself; we add our own spread so many
+        // watchers started together do not wake together.
+        let ms = self.wait.as_millis() as u64;
+        Duration::from_millis(ms + fastrand::u64(0..=ms / 16))
+    }
+}
+
+/// Level source over blocking recurse queries, with the client-side rules
+/// Consul's docs ask for: an index below 1 is sent as 1, and fast returns are
+/// rate-limited (a token bucket of 10 requests refilling at 20/s), so a
+/// misbehaving index never turns into a hot loop.
+struct ConsulLevel {
+    store: ConsulStore,
+    bucket: tokio::sync::Mutex<(f64, Instant)>,
+}
+
+#[async_trait]
+impl LevelSource for ConsulLevel {
+    async fn poll(&self, prefix: &str, after: Option<u64>) -> Result<Snapshot> {
+        {
+            let mut b = self.bucket.lock().await;
+            let now = Instant::now();
+            let (tokens, last) = *b;
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * 20.0).min(10.0);
+            if tokens < 1.0 {
+                let wait = Duration::from_secs_f64((1.0 - tokens) / 20.0);
+                tokio::time::sleep(wait).await;
+                *b = (0.0, Instant::now());
+            } else {
+                *b = (tokens - 1.0, now);
+            }
+        }
+        let block = after.map(|i| (i, self.store.jittered_wait()));
+        self.store.c.kv_list(prefix, block).await
+    }
+}
+
+struct ConsulSession {
+    c: ConsulClient,
+}
+
+#[async_trait]
+impl SessionOps for ConsulSession {
+    async fn renew(&self, id: &str) -> Result<bool> {
+        let resp = self
+            .c
+            .send(
+                "renewing session",
+                self.c.req(Method::PUT, &format!("/v1/session/renew/{id}")),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+        Ok(resp.status() != StatusCode::NOT_FOUND)
+    }
+
+    async fn revoke(&self, id: &str) -> Result<()> {
+        self.c
+            .send(
+                "destroying session",
+                self.c
+                    .req(Method::PUT, &format!("/v1/session/destroy/{id}")),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    service: HealthService,
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    #[serde(rename = "ID")]
+    id: String,
+    service: String,
+    #[serde(default)]
+    address: String,
+    port: u16,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    status: String,
+}
+
+fn worst(checks: &[HealthCheck]) -> Health {
+    let mut h = Health::Passing;
+    for c in checks {
+        match Health::parse(&c.status) {
+            Health::Critical => return Health::Critical,
+            Health::Warning => h = Health::Warning,
+            Health::Passing => {}
+        }
+    }
+    h
+}
+
+impl ConsulStore {
+    async fn health(
+        &self,
+        name: &str,
+        passing_only: bool,
+        block: Option<(u64, Duration)>,
+    ) -> Result<(Vec<ServiceInstance>, u64)> {
+        let op = format!("reading health of service {name}");
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if passing_only {
+            q.push(("passing", "true".into()));
+        }
+        if let Some((index, wait)) = block {
+            q.push(("index", index.max(1).to_string()));
+            q.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        let resp = self
+            .c
+            .send(
+                &op,
+                self.c
+                    .req(
+                        Method::GET,
+                        &format!("/v1/health/service/{}", enc_path(name)),
+                    )
+                    .query(&q),
+                &[],
+            )
+            .await?;
+        let index = index_of(&resp).unwrap_or(0);
+        let entries: Vec<HealthEntry> = ConsulClient::json(&op, resp).await?;
+        let mut out: Vec<ServiceInstance> = entries
+            .into_iter()
+            .map(|e| ServiceInstance {
+                name: e.service.service,
+                id: e.service.id,
+                address: e.service.address,
+                port: e.service.port,
+                tags: e.service.tags.unwrap_or_default(),
+                meta: e.service.meta.unwrap_or_default(),
+                health: worst(&e.checks),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((out, index))
+    }
+
+    async fn try_acquire(&self, session: &Session, key: &str, value: &[u8]) -> Result<bool> {
+        let op = format!("acquiring {key}");
+        let resp = self
+            .c
+            .send(
+                &op,
+                self.c
+                    .req(Method::PUT, &format!("/v1/kv/{}", enc_path(key)))
+                    .query(&[("acquire", session.id())])
+                    .body(value.to_vec()),
+                &[],
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Server { ref message, .. }
+                    if message.contains("invalid session")
+                        || message.contains("Invalid session") =>
+                {
+                    Error::SessionLost {
+                        id: session.id().into(),
+                    }
+                }
+                e => e,
+            })?;
+        ConsulClient::json(&op, resp).await
+    }
+}
+
+#[async_trait]
+impl Store for ConsulStore {
+    fn backend(&self) -> &'static str {
+        "consul"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        check_key(key)?;
+        self.c
+            .kv_get(key, false, None)
+            .await?
+            .0
+            .map(|p| p.entry())
+            .transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Snapshot> {
+        self.c.kv_list(prefix, None).await
+    }
+
+    async fn put(&self, key: &str, value: &[u8]) -> Result<Version> {
+        check_key(key)?;
+        let op = format!("writing {key}");
+        let ops = json!([{"KV": {"Verb": "set", "Key": key, "Value": B64.encode(value)}}]);
+        match self.c.txn(&op, ops).await? {
+            Ok(r) => Ok(ConsulClient::result_index(&r, key)),
+            Err(errors) => Err(Error::Server {
+                op,
+                message: errors,
+                retryable: false,
+            }),
+        }
+    }
+
+    async fn cas(&self, key: &str, value: &[u8], expected: Option<Version>) -> Result<Version> {
+        check_key(key)?;
+        let op = format!("compare-and-set {key}");
+        let ops = json!([{"KV": {"Verb": "cas", "Key": key, "Value": B64.encode(value), "Index": expected.unwrap_or(0)}}]);
+        match self.c.txn(&op, ops).await? {
+            Ok(r) => Ok(ConsulClient::result_index(&r, key)),
+            Err(_) => {
+                let current = self.get(key).await.ok().flatten().map(|e| e.version);
+                Err(Error::CasConflict {
+                    key: key.into(),
+                    expected,
+                    current,
+                })
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        let op = format!("deleting {key}");
+        self.c
+            .send(
+                &op,
+                self.c
+                    .req(Method::DELETE, &format!("/v1/kv/{}", enc_path(key))),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        if prefix.is_empty() {
+            return Err(Error::bad_key(prefix, "refusing to delete an empty prefix"));
+        }
+        let op = format!("deleting prefix {prefix}");
+        self.c
+            .send(
+                &op,
+                self.c
+                    .req(Method::DELETE, &format!("/v1/kv/{}", enc_path(prefix)))
+                    .query(&[("recurse", "true")]),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn watch(&self, prefix: &str, from: WatchFrom) -> WatchStream {
+        let src = ConsulLevel {
+            store: self.clone(),
+            bucket: tokio::sync::Mutex::new((10.0, Instant::now())),
+        };
+        level_watch(src, prefix.to_string(), from)
+    }
+
+    async fn create_session(&self, ttl: Duration) -> Result<Session> {
+        let body = json!({
+            "Name": "cntnr",
+            "TTL": format!("{}s", ttl.as_secs()),
+            "Behavior": "delete",
+            "LockDelay": format!("{}ms", self.lock_delay.as_millis()),
+        });
+        let resp = self
+            .c
+            .send(
+                "creating session",
+                self.c.req(Method::PUT, "/v1/session/create").json(&body),
+                &[],
+            )
+            .await?;
+        let v: serde_json::Value = ConsulClient::json("creating session", resp).await?;
+        let id = v["ID"].as_str().unwrap_or_default().to_string();
+        if id.is_empty() {
+            return Err(Error::Decode {
+                what: "session create response".into(),
+                message: v.to_string(),
+            });
+        }
+        Ok(Session::start(
+            id,
+            ttl,
+            Arc::new(ConsulSession { c: self.c.clone() }),
+        ))
+    }
+
+    async fn put_bound(&self, session: &Session, key: &str, value: &[u8]) -> Result<Version> {
+        check_key(key)?;
+        session.ensure_alive()?;
+        let op = format!("writing {key} bound to session {}", session.id());
+        let ops = json!([{"KV": {"Verb": "lock", "Key": key, "Value": B64.encode(value), "Session": session.id()}}]);
+        match self.c.txn(&op, ops).await? {
+            Ok(r) => Ok(ConsulClient::result_index(&r, key)),
+            Err(errors)
+                if errors.contains("invalid session") || errors.contains("Invalid session") =>
+            {
+                Err(Error::SessionLost {
+                    id: session.id().into(),
+                })
+            }
+            Err(errors) => Err(Error::Server {
+                op,
+                message: errors,
+                retryable: false,
+            }),
+        }
+    }
+
+    async fn campaign(&self, session: &Session, key: &str, value: &[u8]) -> Result<Leadership> {
+        check_key(key)?;
+        // Lock-delay waits grow from 250ms to the configured lock-delay: a
+        // timer, never a request loop.
+        let mut delay_wait = Duration::from_millis(250);
+        loop {
+            session.ensure_alive()?;
+            if self.try_acquire(session, key, value).await? {
+                let (pair, _) = self.c.kv_get(key, true, None).await?;
+                match pair {
+                    Some(p) if p.session.as_deref() == Some(session.id()) => {
+                        return Ok(Leadership {
+                            key: key.into(),
+                            token: p.modify_index,
+                            session_id: session.id().into(),
+                            session_lost: session.lost_watch(),
+                            guard: None,
+                        })
+                    }
+                    _ => continue, // lost it between acquire and read: campaign again
+                }
+            }
+            let (pair, index) = self.c.kv_get(key, true, None).await?;
+            match pair {
+                Some(p) if p.session.is_some() => {
+                    // Held by someone else: block until the key changes.
+                    delay_wait = Duration::from_millis(250);
+                    tokio::select! {
+                        _ = session.lost() => return Err(Error::SessionLost { id: session.id().into() }),
+                        r = self.c.kv_get(key, true, Some((index, self.jittered_wait()))) => { r?; }
+                    }
+                }
+                _ => {
+                    // Free, yet acquire failed: the lock-delay of the previous
+                    // holder's invalidated session is running.
+                    tracing::debug!(%key, ?delay_wait, "lock-delay in effect; waiting");
+                    tokio::select! {
+                        _ = session.lost() => return Err(Error::SessionLost { id: session.id().into() }),
+                        _ = tokio::time::sleep(delay_wait) => {}
+                    }
+                    delay_wait =
+                        (delay_wait * 2).min(self.lock_delay.max(Duration::from_millis(250)));
+                }
+            }
+        }
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<Holder>> {
+        check_key(key)?;
+        let (pair, _) = self.c.kv_get(key, true, None).await?;
+        Ok(pair.and_then(|p| {
+            let session = p.session.clone()?;
+            let value = p.entry().ok()?.value;
+            Some(Holder {
+                value,
+                token: p.modify_index,
+                session_id: session,
+            })
+        }))
+    }
+
+    async fn resign(&self, leadership: Leadership) -> Result<()> {
+        let key = leadership.key.as_str();
+        let op = format!("releasing {key}");
+        // Delete the key only while it is still ours at our token: a txn so
+        // a successor's key is never touched.
+        let ops = json!([
+            {"KV": {"Verb": "check-session", "Key": key, "Session": leadership.session_id}},
+            {"KV": {"Verb": "delete-cas", "Key": key, "Index": leadership.token}},
+        ]);
+        self.c.txn(&op, ops).await?.ok();
+        Ok(())
+    }
+
+    async fn put_fenced(&self, key: &str, value: &[u8], fence: &Leadership) -> Result<Version> {
+        check_key(key)?;
+        let fenced = || Error::FencedOut {
+            key: key.into(),
+            lock: fence.key.clone(),
+            token: fence.token,
+        };
+        if !fence.is_held() {
+            return Err(fenced());
+        }
+        let op = format!("fenced write of {key}");
+        let ops = json!([
+            {"KV": {"Verb": "check-session", "Key": fence.key, "Session": fence.session_id}},
+            {"KV": {"Verb": "check-index", "Key": fence.key, "Index": fence.token}},
+            {"KV": {"Verb": "set", "Key": key, "Value": B64.encode(value)}},
+        ]);
+        match self.c.txn(&op, ops).await? {
+            Ok(r) => Ok(ConsulClient::result_index(&r, key)),
+            Err(_) => Err(fenced()),
+        }
+    }
+
+    async fn register(&self, _session: &Session, reg: &Registration) -> Result<()> {
+        let op = format!("registering service {}/{}", reg.name, reg.id);
+        let body = json!({
+            "ID": reg.id,
+            "Name": reg.name,
+            "Address": reg.address,
+            "Port": reg.port,
+            "Tags": reg.tags,
+            "Meta": reg.meta,
+            "Check": {
+                "CheckID": format!("service:{}", reg.id),
+                "Name": format!("cntnr TTL check of {}", reg.id),
+                "TTL": format!("{}ms", reg.check_ttl.as_millis()),
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": format!("{}ms", reg.deregister_after.as_millis()),
+            },
+        });
+        self.c
+            .send(
+                &op,
+                self.c
+                    .req(Method::PUT, "/v1/agent/service/register")
+                    .json(&body),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn set_check(
+        &self,
+        _session: &Session,
+        name: &str,
+        id: &str,
+        health: Health,
+        output: &str,
+    ) -> Result<()> {
+        let op = format!("updating check of {name}/{id}");
+        let body = json!({"Status": health.as_str(), "Output": output});
+        self.c
+            .send(
+                &op,
+                self.c
+                    .req(
+                        Method::PUT,
+                        &format!("/v1/agent/check/update/service:{}", enc_path(id)),
+                    )
+                    .json(&body),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn deregister(&self, name: &str, id: &str) -> Result<()> {
+        let op = format!("deregistering {name}/{id}");
+        self.c
+            .send(
+                &op,
+                self.c.req(
+                    Method::PUT,
+                    &format!("/v1/agent/service/deregister/{}", enc_path(id)),
+                ),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn instances(&self, name: &str, passing_only: bool) -> Result<Vec<ServiceInstance>> {
+        Ok(self.health(name, passing_only, None).await?.0)
+    }
+
+    fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {
+        let this = self.clone();
+        let name = name.to_string();
+        spawn_stream(move |tx| async move {
+            let mut index: Option<u64> = None;
+            let mut last: Option<Vec<ServiceInstance>> = None;
+            let mut backoff = watch_backoff();
+            loop {
+                let block = index.map(|i| (i, this.jittered_wait()));
+                let started = Instant::now();
+                match this.health(&name, passing_only, block).await {
+                    Ok((list, new_index)) => {
+                        backoff = watch_backoff();
+                        // Reset on a backwards index (Consul docs).
+                        index = Some(if index.is_some_and(|i| new_index < i) {
+                            0
+                        } else {
+                            new_index
+                        });
+                        if last.as_ref() != Some(&list) {
+                            last = Some(list.clone());
+                            if tx.send(Ok(list)).await.is_err() {
+                                return;
+                            }
+                        } else if started.elapsed() < Duration::from_millis(50) {
+                            // Fast return with nothing new: rate-limit.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                        tracing::warn!(service = %name, error = %e, ?delay, "service watch failed; retrying");
+                        if !e.is_retryable() && tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        })
+    }
+}

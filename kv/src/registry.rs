@@ -1,0 +1,217 @@
+//! Service registry records for the etcd and dir backends: one JSON record
+//! per instance under `<registry prefix>/<name>/<id>`, bound to the
+//! registering session, carrying its check status and when it was set.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Health, Registration, ServiceInstance, ServiceStream, Snapshot, WatchStream};
+use crate::watch::spawn_stream;
+use crate::{Error, Result};
+
+/// The stored record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub name: String,
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    pub status: Health,
+    #[serde(default)]
+    pub output: String,
+    /// Check TTL in milliseconds.
+    pub check_ttl_ms: u64,
+    /// Wall-clock time (Unix ms) the status was last set.
+    pub updated_ms: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Record {
+    pub fn new(reg: &Registration) -> Record {
+        Record {
+            name: reg.name.clone(),
+            id: reg.id.clone(),
+            address: reg.address.clone(),
+            port: reg.port,
+            tags: reg.tags.clone(),
+            meta: reg.meta.clone(),
+            status: Health::Passing,
+            output: String::new(),
+            check_ttl_ms: reg.check_ttl.as_millis() as u64,
+            updated_ms: now_ms(),
+        }
+    }
+
+    /// Health now: the stored status, or critical when it was not refreshed
+    /// within the check TTL (hosts are assumed to have synchronized clocks
+    /// within a fraction of the TTL).
+    pub fn health(&self, now_ms: u64) -> Health {
+        if self.status != Health::Critical
+            && now_ms > self.updated_ms.saturating_add(self.check_ttl_ms)
+        {
+            Health::Critical
+        } else {
+            self.status
+        }
+    }
+
+    pub fn instance(&self, now_ms: u64) -> ServiceInstance {
+        ServiceInstance {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            address: self.address.clone(),
+            port: self.port,
+            tags: self.tags.clone(),
+            meta: self.meta.clone(),
+            health: self.health(now_ms),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("registry record serializes")
+    }
+
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Record> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Decode {
+            what: format!("registry record {key}"),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Key of an instance record. Instance ids may contain `/` (SPEC:
+/// `<node>/<container id>`); it is kept as a path below the service name.
+pub(crate) fn record_key(prefix: &str, name: &str, id: &str) -> Result<String> {
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::bad_key(
+            name,
+            "service name must be non-empty and contain no '/'",
+        ));
+    }
+    let key = format!("{}/{}/{}", prefix.trim_end_matches('/'), name, id);
+    crate::watch::check_key(&key)?;
+    Ok(key)
+}
+
+pub(crate) fn service_prefix(prefix: &str, name: &str) -> String {
+    format!("{}/{}/", prefix.trim_end_matches('/'), name)
+}
+
+/// Instances in a snapshot of a service prefix, sorted by id. Records that
+/// do not parse are skipped with a warning (one bad record never hides the
+/// others).
+pub(crate) fn instances(snap: &Snapshot, passing_only: bool) -> Vec<ServiceInstance> {
+    let now = now_ms();
+    let mut out: Vec<ServiceInstance> = snap
+        .entries
+        .values()
+        .filter_map(|e| match Record::decode(&e.key, &e.value) {
+            Ok(r) => Some(r.instance(now)),
+            Err(err) => {
+                tracing::warn!(error = %err, "skipping registry record");
+                None
+            }
+        })
+        .filter(|i| !passing_only || i.health == Health::Passing)
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// Turns a watch of a service prefix (started with `WatchFrom::Start`) into
+/// full instance lists: one after the initial listing, then one per change,
+/// and one whenever a check TTL running out changes the health (re-evaluated
+/// every `tick`).
+pub(crate) fn service_stream(
+    mut events: WatchStream,
+    passing_only: bool,
+    tick: Duration,
+) -> ServiceStream {
+    spawn_stream(move |tx| async move {
+        let mut snap = Snapshot::default();
+        let mut last: Option<Vec<ServiceInstance>> = None;
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut started = false;
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    None => return,
+                    Some(Err(e)) => {
+                        if tx.send(Err(e)).await.is_err() { return; }
+                        continue;
+                    }
+                    Some(Ok(ev)) => {
+                        snap.apply(&ev);
+                        // Drain what is already there, so the initial listing
+                        // yields one list, not one per instance.
+                        while let Some(Some(next)) = events.next().now_or_never() {
+                            match next {
+                                Ok(ev) => snap.apply(&ev),
+                                Err(e) => { if tx.send(Err(e)).await.is_err() { return; } }
+                            }
+                        }
+                        started = true;
+                    }
+                },
+                _ = ticker.tick() => {
+                    if !started {
+                        // An empty service yields no events: the first tick
+                        // reports the (empty) list.
+                        started = true;
+                    }
+                }
+            }
+            let now = instances(&snap, passing_only);
+            if last.as_ref() != Some(&now) {
+                last = Some(now.clone());
+                if tx.send(Ok(now)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_expiry_turns_critical() {
+        let reg = Registration {
+            name: "web".into(),
+            id: "n1/web-1".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            tags: vec![],
+            meta: BTreeMap::new(),
+            check_ttl: Duration::from_secs(10),
+            deregister_after: Duration::from_secs(60),
+        };
+        let mut r = Record::new(&reg);
+        r.updated_ms = 1_000;
+        assert_eq!(r.health(5_000), Health::Passing);
+        assert_eq!(r.health(11_001), Health::Critical);
+        r.status = Health::Warning;
+        assert_eq!(r.health(5_000), Health::Warning);
+        assert_eq!(
+            record_key("cntnr/services", "web", "n1/web-1").unwrap(),
+            "cntnr/services/web/n1/web-1"
+        );
+        assert!(record_key("cntnr/services", "a/b", "x").is_err());
+    }
+}

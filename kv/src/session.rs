@@ -1,0 +1,187 @@
+//! Sessions: a TTL'd liveness token (etcd lease, Consul session, dir
+//! session record) kept alive by a background task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+
+/// What a backend does to keep a session alive.
+#[async_trait]
+pub(crate) trait SessionOps: Send + Sync + 'static {
+    /// One renewal. `Ok(true)`: alive; `Ok(false)`: the server says it is gone.
+    async fn renew(&self, id: &str) -> Result<bool>;
+    /// Revokes/destroys the session (bound keys are deleted). Idempotent.
+    async fn revoke(&self, id: &str) -> Result<()>;
+}
+
+/// A live session. Drop or [`Session::close`] it; dropping stops the
+/// keepalive without revoking (the server expires it after its TTL).
+///
+/// Loss: the keepalive task renews every TTL/3. The session is declared lost
+/// — `lost()` resolves, `is_lost()` turns true, all at once — when the
+/// server says it is gone, or when no renewal has succeeded for a whole TTL
+/// (so the holder learns no later than the server expires it). After loss
+/// the holder must assume it holds nothing: bound keys, locks and
+/// leadership are gone or going.
+pub struct Session {
+    id: String,
+    ttl: Duration,
+    lost_rx: watch::Receiver<bool>,
+    cancel: CancellationToken,
+    frozen: Arc<AtomicBool>,
+    ops: Arc<dyn SessionOps>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("ttl", &self.ttl)
+            .field("lost", &*self.lost_rx.borrow())
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn start(id: String, ttl: Duration, ops: Arc<dyn SessionOps>) -> Session {
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(keepalive(
+            id.clone(),
+            ttl,
+            ops.clone(),
+            lost_tx,
+            cancel.clone(),
+            frozen.clone(),
+        ));
+        Session {
+            id,
+            ttl,
+            lost_rx,
+            cancel,
+            frozen,
+            ops,
+            task: Some(task),
+        }
+    }
+
+    /// Backend id: etcd lease id (decimal), Consul session UUID, dir session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The TTL the session was created with.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// True once the session is known lost. Never turns false again.
+    pub fn is_lost(&self) -> bool {
+        *self.lost_rx.borrow()
+    }
+
+    /// Resolves when the session is lost (immediately if it already is).
+    pub async fn lost(&self) {
+        let mut rx = self.lost_rx.clone();
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// A receiver that turns `true` when the session is lost.
+    pub fn lost_watch(&self) -> watch::Receiver<bool> {
+        self.lost_rx.clone()
+    }
+
+    pub(crate) fn ensure_alive(&self) -> Result<()> {
+        if self.is_lost() {
+            return Err(crate::Error::SessionLost {
+                id: self.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Test hook: stop (`true`) or resume (`false`) renewals without telling
+    /// the server, as if the holder were frozen. The loss detection keeps
+    /// running, so the holder is told when the TTL runs out.
+    #[doc(hidden)]
+    pub fn freeze_keepalive(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
+    /// Stops the keepalive and revokes the session at the server, so bound
+    /// keys and locks are released now (fast failover). Idempotent in
+    /// effect; on a retryable error the server expires it after the TTL.
+    pub async fn close(mut self) -> Result<()> {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.ops.revoke(&self.id).await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn keepalive(
+    id: String,
+    ttl: Duration,
+    ops: Arc<dyn SessionOps>,
+    lost_tx: watch::Sender<bool>,
+    cancel: CancellationToken,
+    frozen: Arc<AtomicBool>,
+) {
+    let period = (ttl / 3).max(Duration::from_millis(100));
+    let mut last_ok = Instant::now();
+    let mut next = Instant::now() + period;
+    loop {
+        let deadline = last_ok + ttl;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next.min(deadline)) => {}
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(session = %id, ?ttl, "session lost: no successful renewal within its TTL");
+            let _ = lost_tx.send(true);
+            return;
+        }
+        if frozen.load(Ordering::SeqCst) {
+            next = Instant::now() + period;
+            continue;
+        }
+        let renewed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => None,
+            r = ops.renew(&id) => Some(r),
+        };
+        match renewed {
+            Some(Ok(true)) => {
+                last_ok = Instant::now();
+                next = last_ok + period;
+            }
+            Some(Ok(false)) => {
+                tracing::warn!(session = %id, "session lost: the store says it no longer exists");
+                let _ = lost_tx.send(true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(session = %id, error = %e, "session renewal failed; retrying");
+                next = Instant::now() + (period / 4).max(Duration::from_millis(100));
+            }
+            None => {}
+        }
+    }
+}
