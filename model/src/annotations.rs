@@ -1,0 +1,323 @@
+//! The `cntnr.*` annotations that drive the agent (SPEC "Annotations that
+//! drive the agent"), parsed and validated into [`AgentSettings`].
+//!
+//! Every `cntnr.` annotation must be one SPEC defines; a misspelled one is
+//! an error with a suggestion (it would otherwise silently do nothing), and
+//! the ones the agent sets itself on containers are reserved.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::keys::ConfigKey;
+use crate::names::{RegisteredName, ServiceName};
+use crate::units::parse_duration;
+
+/// Where the value of a synced environment variable comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", content = "name", rename_all = "lowercase")]
+pub enum EnvSource {
+    /// `kv:<key>`: the value of `config/<project>/<key>`.
+    Kv(ConfigKey),
+    /// `service:<name>`: `addr:port,…` of the passing instances of a
+    /// registered service, sorted.
+    Service(RegisteredName),
+    /// `leader:<service>`: the address of the elected replica of a service
+    /// of this project.
+    Leader(ServiceName),
+}
+
+/// `cntnr.env-on-change`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvOnChange {
+    /// Recreate replicas one at a time, each waiting for the previous to be
+    /// healthy (the default).
+    #[default]
+    Restart,
+    /// Send this signal (canonical name) and write `/run/cntnr/env`.
+    Signal(String),
+    /// Do nothing.
+    None,
+}
+
+/// `cntnr.env-missing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvMissing {
+    /// Do not start the container; status says which key (the default).
+    #[default]
+    Wait,
+    /// Start with the variable empty.
+    Empty,
+    /// Report a failure.
+    Fail,
+}
+
+/// `cntnr.check.http`: `/path` probes the service's first container port,
+/// `PORT/path` a given port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpCheck {
+    /// The container port to probe; `None` means the first port of
+    /// `ports` (else `expose`).
+    pub port: Option<u16>,
+    /// The request path, starting with `/`.
+    pub path: String,
+}
+
+/// Everything the `cntnr.*` annotations of a service say.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct AgentSettings {
+    /// `cntnr.env.<VAR>`: synced variables.
+    pub env: BTreeMap<String, EnvSource>,
+    /// `cntnr.env-on-change`.
+    pub env_on_change: EnvOnChange,
+    /// `cntnr.env-missing`.
+    pub env_missing: EnvMissing,
+    /// `cntnr.election`.
+    pub election: bool,
+    /// `cntnr.service.name` (default `<project>-<service>`).
+    pub service_name: Option<RegisteredName>,
+    /// `cntnr.service.tags`.
+    pub service_tags: Vec<String>,
+    /// `cntnr.check.http`.
+    pub check_http: Option<HttpCheck>,
+    /// `cntnr.check.tcp`: a container port.
+    pub check_tcp: Option<u16>,
+    /// `cntnr.drain` (default 0s).
+    pub drain: Duration,
+}
+
+/// Annotations the agent writes on every container; a compose file may not
+/// set them.
+pub const RESERVED: &[&str] = &[
+    "cntnr.project",
+    "cntnr.service",
+    "cntnr.replica",
+    "cntnr.config-hash",
+    "cntnr.node",
+];
+
+const KNOWN: &[&str] = &[
+    "cntnr.env-on-change",
+    "cntnr.env-missing",
+    "cntnr.election",
+    "cntnr.service.name",
+    "cntnr.service.tags",
+    "cntnr.check.http",
+    "cntnr.check.tcp",
+    "cntnr.drain",
+];
+
+fn parse_port(v: &str) -> Option<u16> {
+    v.parse::<u16>().ok().filter(|p| *p > 0)
+}
+
+/// Parses the `cntnr.*` annotations of a service. Errors are
+/// `(annotation key, message)`, one per bad annotation.
+pub fn parse_agent_settings(
+    annotations: &BTreeMap<String, String>,
+) -> (AgentSettings, Vec<(String, String)>) {
+    let mut s = AgentSettings::default();
+    let mut errors = Vec::new();
+    for (key, value) in annotations {
+        let Some(_) = key.strip_prefix("cntnr.") else {
+            continue;
+        };
+        let mut err = |msg: String| errors.push((key.clone(), msg));
+        if let Some(var) = key.strip_prefix("cntnr.env.") {
+            if let Err(e) = crate::validate::check_env_name(var) {
+                err(e);
+                continue;
+            }
+            let source = if let Some(k) = value.strip_prefix("kv:") {
+                ConfigKey::new(k)
+                    .map(EnvSource::Kv)
+                    .map_err(|e| e.to_string())
+            } else if let Some(n) = value.strip_prefix("service:") {
+                RegisteredName::new(n)
+                    .map(EnvSource::Service)
+                    .map_err(|e| e.to_string())
+            } else if let Some(n) = value.strip_prefix("leader:") {
+                ServiceName::new(n)
+                    .map(EnvSource::Leader)
+                    .map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "invalid value {value:?}: must be kv:<key>, service:<name> or leader:<service>"
+                ))
+            };
+            match source {
+                Ok(src) => {
+                    s.env.insert(var.to_string(), src);
+                }
+                Err(e) => err(e),
+            }
+            continue;
+        }
+        match key.as_str() {
+            "cntnr.env-on-change" => match value.as_str() {
+                "restart" => s.env_on_change = EnvOnChange::Restart,
+                "none" => s.env_on_change = EnvOnChange::None,
+                v => match v
+                    .strip_prefix("signal:")
+                    .map(crate::linux::normalize_signal)
+                {
+                    Some(Ok(sig)) => s.env_on_change = EnvOnChange::Signal(sig),
+                    Some(Err(e)) => err(e),
+                    None => err(format!(
+                        "invalid value {v:?}: must be restart, signal:<SIGNAL> or none"
+                    )),
+                },
+            },
+            "cntnr.env-missing" => match value.as_str() {
+                "wait" => s.env_missing = EnvMissing::Wait,
+                "empty" => s.env_missing = EnvMissing::Empty,
+                "fail" => s.env_missing = EnvMissing::Fail,
+                v => err(format!("invalid value {v:?}: must be wait, empty or fail")),
+            },
+            "cntnr.election" => match value.as_str() {
+                "true" => s.election = true,
+                "false" => s.election = false,
+                v => err(format!("invalid value {v:?}: must be true or false")),
+            },
+            "cntnr.service.name" => match RegisteredName::new(value.as_str()) {
+                Ok(n) => s.service_name = Some(n),
+                Err(e) => err(e.to_string()),
+            },
+            "cntnr.service.tags" => {
+                let tags: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = tags.iter().find(|t| t.chars().any(char::is_whitespace)) {
+                    err(format!(
+                        "invalid tag {bad:?}: tags must not contain whitespace"
+                    ));
+                } else {
+                    s.service_tags = tags;
+                }
+            }
+            "cntnr.check.http" => {
+                let parsed = match value.find('/') {
+                    Some(0) => Some(HttpCheck {
+                        port: None,
+                        path: value.clone(),
+                    }),
+                    Some(i) => parse_port(&value[..i]).map(|p| HttpCheck {
+                        port: Some(p),
+                        path: value[i..].to_string(),
+                    }),
+                    None => None,
+                };
+                match parsed {
+                    Some(c) if !c.path.chars().any(char::is_whitespace) => s.check_http = Some(c),
+                    _ => err(format!(
+                        "invalid value {value:?}: must be /path or PORT/path (e.g. /healthz or 8080/healthz)"
+                    )),
+                }
+            }
+            "cntnr.check.tcp" => match parse_port(value) {
+                Some(p) => s.check_tcp = Some(p),
+                None => err(format!("invalid value {value:?}: must be a port 1-65535")),
+            },
+            "cntnr.drain" => match parse_duration(value) {
+                Ok(d) => s.drain = d,
+                Err(e) => err(e),
+            },
+            k if RESERVED.contains(&k) => {
+                err("reserved: the agent sets this annotation on every container".to_string())
+            }
+            k => {
+                let mut candidates: Vec<&str> = KNOWN.to_vec();
+                candidates.push("cntnr.env.<VAR>");
+                let hint = crate::schema::suggest(k, &candidates)
+                    .map(|c| format!(", did you mean `{c}`?"))
+                    .unwrap_or_default();
+                err(format!("unknown cntnr annotation{hint}"));
+            }
+        }
+    }
+    (s, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> (AgentSettings, Vec<(String, String)>) {
+        let m = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_agent_settings(&m)
+    }
+
+    #[test]
+    fn every_annotation_parses() {
+        let (s, errs) = parse(&[
+            ("cntnr.env.DB_URL", "kv:db/url"),
+            ("cntnr.env.PEERS", "service:shop-api"),
+            ("cntnr.env.PRIMARY", "leader:db"),
+            ("cntnr.env-on-change", "signal:hup"),
+            ("cntnr.env-missing", "empty"),
+            ("cntnr.election", "true"),
+            ("cntnr.service.name", "api"),
+            ("cntnr.service.tags", "a, b,,c"),
+            ("cntnr.check.http", "8080/healthz"),
+            ("cntnr.check.tcp", "5432"),
+            ("cntnr.drain", "5s"),
+            ("org.example.other", "kept"),
+        ]);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            s.env["DB_URL"],
+            EnvSource::Kv(ConfigKey::new("db/url").unwrap())
+        );
+        assert_eq!(
+            s.env["PRIMARY"],
+            EnvSource::Leader(ServiceName::new("db").unwrap())
+        );
+        assert_eq!(s.env_on_change, EnvOnChange::Signal("SIGHUP".into()));
+        assert_eq!(s.env_missing, EnvMissing::Empty);
+        assert!(s.election);
+        assert_eq!(s.service_tags, vec!["a", "b", "c"]);
+        assert_eq!(
+            s.check_http,
+            Some(HttpCheck {
+                port: Some(8080),
+                path: "/healthz".into()
+            })
+        );
+        assert_eq!(s.check_tcp, Some(5432));
+        assert_eq!(s.drain, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_annotations_are_errors() {
+        let (_, errs) = parse(&[
+            ("cntnr.env.DB", "kv:../secret"),
+            ("cntnr.env.X", "kv:/etc/passwd"),
+            ("cntnr.env.Y", "file:/x"),
+            ("cntnr.env.1BAD", "kv:a"),
+            ("cntnr.env-on-change", "signal:SIGNOPE"),
+            ("cntnr.env-missing", "later"),
+            ("cntnr.election", "yes"),
+            ("cntnr.drain", "5"),
+            ("cntnr.check.tcp", "0"),
+            ("cntnr.check.http", "healthz"),
+            ("cntnr.project", "x"),
+            ("cntnr.elektion", "true"),
+        ]);
+        let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(errs.len(), 12, "{errs:?}");
+        assert!(keys.contains(&"cntnr.env.DB"));
+        let typo = errs.iter().find(|(k, _)| k == "cntnr.elektion").unwrap();
+        assert!(typo.1.contains("did you mean `cntnr.election`"), "{typo:?}");
+        let reserved = errs.iter().find(|(k, _)| k == "cntnr.project").unwrap();
+        assert!(reserved.1.contains("reserved"));
+    }
+}

@@ -1,0 +1,315 @@
+//! JSON values stored under the keys of [`crate::keys`].
+//!
+//! Every record deserializes through the validating newtypes, so a record
+//! that parses carries only valid names. Unknown fields are ignored on
+//! read, so an older agent can read a newer agent's record; times are Unix
+//! seconds (UTC).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::ConfigHash;
+use crate::names::{ContainerId, InstanceId, NodeName, Replica, ServiceName};
+
+/// `nodes/<node>`: written by each agent, bound to its session/lease, so it
+/// disappears when the agent does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// `--node-label` values (used by placement constraints).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The address other hosts reach this node at.
+    pub address: String,
+    /// The agent's version.
+    pub version: String,
+    /// Whether the agent runs rootless.
+    #[serde(default)]
+    pub rootless: bool,
+    /// When the agent started (Unix seconds).
+    pub started: u64,
+}
+
+/// `schedule/<project>`: written only by the leader, fenced by its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// The leader's fencing token when it wrote this record; agents ignore a
+    /// schedule whose token is older than one they have already seen.
+    pub fencing_token: u64,
+    /// The node that wrote it.
+    pub leader: NodeName,
+    /// The project revision (store index of `projects/<project>`) this
+    /// schedule was computed from.
+    #[serde(default)]
+    pub generation: u64,
+    /// Service → replica number → node.
+    pub services: BTreeMap<ServiceName, BTreeMap<Replica, NodeName>>,
+}
+
+impl ScheduleRecord {
+    /// The replicas of every service assigned to `node`.
+    pub fn replicas_on(&self, node: &NodeName) -> Vec<(ServiceName, Replica)> {
+        self.services
+            .iter()
+            .flat_map(|(s, reps)| {
+                reps.iter()
+                    .filter(|(_, n)| *n == node)
+                    .map(move |(r, _)| (s.clone(), *r))
+            })
+            .collect()
+    }
+}
+
+/// The runtime state of a container, as the agent last observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Scheduled here but not created yet (pulling, waiting for
+    /// dependencies or env values).
+    Pending,
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Exited or stopped.
+    Stopped,
+    /// Failed to be created or started (see `last_error`).
+    Failed,
+}
+
+/// Health of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No health check configured.
+    #[default]
+    None,
+    /// Within the start period, or no result yet.
+    Starting,
+    /// The check passes.
+    Healthy,
+    /// The check failed `retries` times in a row.
+    Unhealthy,
+}
+
+/// One container in a [`StatusRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// The runc container id.
+    pub id: ContainerId,
+    /// Its service.
+    pub service: ServiceName,
+    /// Its replica number.
+    pub replica: Replica,
+    /// Runtime state.
+    pub state: ContainerState,
+    /// Health.
+    #[serde(default)]
+    pub health: Health,
+    /// Restarts since creation.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Exit code of the last exit, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The last error, one line (e.g. `pulling docker.io/library/x: manifest unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The config hash the container was created from.
+    pub config_hash: ConfigHash,
+    /// When it last started (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// The project revision it was created from.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// `status/<project>/<node>`: each agent's view of its containers of a
+/// project, bound to its session/lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    /// The node reporting.
+    pub node: NodeName,
+    /// The latest project revision the agent has processed.
+    #[serde(default)]
+    pub generation: u64,
+    /// When this record was written (Unix seconds).
+    pub updated: u64,
+    /// Every container of the project on this node.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+    /// Project-level problems (the project YAML does not parse, an image
+    /// cannot be pulled, a bind path is refused by policy, …), one line
+    /// each.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// Harmless problems, one line each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// `elections/<project>/<service>`: the replica that won.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionRecord {
+    /// The winning instance (`<node>/<container id>`).
+    pub instance: InstanceId,
+    /// The address (`ip:port` or `ip`) of the winner.
+    pub address: String,
+    /// The fencing token of the win (strictly increasing per election).
+    #[serde(default)]
+    pub token: u64,
+}
+
+/// `services/<name>/<instance>` (etcd and dir stores; Consul uses its
+/// catalog): one registered instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The address to reach the instance at.
+    pub address: String,
+    /// The port.
+    pub port: u16,
+    /// `cntnr.service.tags`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// project, service, replica, node, config hash.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Whether the instance's checks pass.
+    pub health: ServiceHealth,
+}
+
+/// Health of a registered instance, in Consul's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceHealth {
+    /// All checks pass.
+    Passing,
+    /// A check warns.
+    Warning,
+    /// A check fails.
+    Critical,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::ProjectName;
+    use serde_json::json;
+
+    fn hash() -> ConfigHash {
+        ConfigHash::parse(&format!("v1-{}", "ab".repeat(32))).unwrap()
+    }
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
+        v: &T,
+    ) -> serde_json::Value {
+        let text = serde_json::to_string(v).unwrap();
+        let back: T = serde_json::from_str(&text).unwrap();
+        assert_eq!(&back, v);
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn node_record_round_trips() {
+        let n = NodeRecord {
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            address: "10.0.0.5".into(),
+            version: "0.1.0".into(),
+            rootless: true,
+            started: 1_700_000_000,
+        };
+        let j = round_trip(&n);
+        assert_eq!(j["labels"]["zone"], "a");
+        assert_eq!(j["rootless"], true);
+    }
+
+    #[test]
+    fn schedule_record_round_trips_with_numeric_replica_keys() {
+        let n1 = NodeName::new("n1").unwrap();
+        let n2 = NodeName::new("n2").unwrap();
+        let s = ScheduleRecord {
+            fencing_token: 7,
+            leader: n1.clone(),
+            generation: 42,
+            services: [(
+                ServiceName::new("web").unwrap(),
+                [(1, n1.clone()), (2, n2.clone())].into(),
+            )]
+            .into(),
+        };
+        let j = round_trip(&s);
+        assert_eq!(j["services"]["web"]["2"], "n2");
+        assert_eq!(
+            s.replicas_on(&n2),
+            vec![(ServiceName::new("web").unwrap(), 2)]
+        );
+    }
+
+    #[test]
+    fn status_record_round_trips() {
+        let p = ProjectName::new("shop").unwrap();
+        let s = ServiceName::new("web").unwrap();
+        let st = StatusRecord {
+            node: NodeName::new("n1").unwrap(),
+            generation: 3,
+            updated: 1_700_000_100,
+            containers: vec![ContainerStatus {
+                id: ContainerId::new(&p, &s, 1),
+                service: s.clone(),
+                replica: 1,
+                state: ContainerState::Running,
+                health: Health::Healthy,
+                restarts: 2,
+                exit_code: Some(137),
+                last_error: Some("oom".into()),
+                config_hash: hash(),
+                started_at: Some(1_700_000_050),
+                generation: 3,
+            }],
+            errors: vec!["image pull failed".into()],
+            warnings: vec![],
+        };
+        let j = round_trip(&st);
+        assert_eq!(j["containers"][0]["id"], "shop-web-1");
+        assert_eq!(j["containers"][0]["state"], "running");
+        assert_eq!(j["containers"][0]["health"], "healthy");
+    }
+
+    #[test]
+    fn election_and_service_records_round_trip() {
+        let e = ElectionRecord {
+            instance: InstanceId::parse("n1/shop-db-1").unwrap(),
+            address: "10.88.0.4:5432".into(),
+            token: 9,
+        };
+        assert_eq!(round_trip(&e)["instance"], "n1/shop-db-1");
+        let r = ServiceRecord {
+            address: "10.88.0.5".into(),
+            port: 8080,
+            tags: vec!["web".into()],
+            meta: [("project".to_string(), "shop".to_string())].into(),
+            health: ServiceHealth::Passing,
+        };
+        assert_eq!(round_trip(&r)["health"], "passing");
+    }
+
+    #[test]
+    fn invalid_records_are_rejected() {
+        let bad_node = json!({"node": "bad/node", "updated": 1});
+        assert!(serde_json::from_value::<StatusRecord>(bad_node).is_err());
+        let bad_id = json!({"node": "n1", "updated": 1, "containers": [{
+            "id": "nope", "service": "web", "replica": 1, "state": "running", "config_hash": format!("v1-{}", "0".repeat(64))
+        }]});
+        assert!(serde_json::from_value::<StatusRecord>(bad_id).is_err());
+        let bad_state = json!({"node": "n1", "updated": 1, "containers": [{
+            "id": "p-web-1", "service": "web", "replica": 1, "state": "exploded", "config_hash": "x"
+        }]});
+        assert!(serde_json::from_value::<StatusRecord>(bad_state).is_err());
+        // unknown fields are tolerated (forward compatibility)
+        let extra = json!({"node": "n1", "updated": 1, "future": true});
+        assert!(serde_json::from_value::<StatusRecord>(extra).is_ok());
+    }
+}
