@@ -291,6 +291,13 @@ impl Inner {
         })
     }
 
+    /// A scan under the writer lock: every write through this crate with a
+    /// version up to the returned position is in it, none after.
+    fn scan_consistent(&self, prefix: &str) -> Result<Snapshot> {
+        let _held = self.lock()?;
+        self.scan(prefix)
+    }
+
     fn sessions_dir(&self) -> PathBuf {
         self.meta.join("sessions")
     }
@@ -471,14 +478,14 @@ impl LevelSource for DirLevel {
             }
         }
         let p = prefix.to_string();
-        let mut snap = self.store.blocking(move |i| i.scan(&p)).await?;
+        let mut snap = self.store.blocking(move |i| i.scan_consistent(&p)).await?;
         let mut last = self.last.lock().expect("dir watch state");
         match &*last {
             Some((entries, pos)) if *entries == snap.entries => snap.position = *pos,
-            Some((_, pos)) if after.is_some() => {
-                // Something changed; deletes need a position later than
-                // anything seen, even when only a hand-deleted file moved.
-                snap.position = snap.position.max(pos + 1).max(now_ns());
+            Some((_, pos)) => {
+                // Something changed: the position must move even when only a
+                // hand-deleted file did (it draws no clock value).
+                snap.position = snap.position.max(pos + 1);
             }
             _ => {}
         }
@@ -562,7 +569,7 @@ impl Store for DirStore {
 
     async fn list(&self, prefix: &str) -> Result<Snapshot> {
         let prefix = prefix.to_string();
-        self.blocking(move |i| i.scan(&prefix)).await
+        self.blocking(move |i| i.scan_consistent(&prefix)).await
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<Version> {

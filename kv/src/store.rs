@@ -49,7 +49,7 @@ impl Snapshot {
 }
 
 /// What happened to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EventKind {
     /// Created or updated; `value` is the new value.
     Put,
