@@ -8,6 +8,10 @@
 //! [`bundle`] assembles an overlayfs rootfs and a `config.json`, and
 //! [`runc::Runc`] (the [`runtime::Runtime`] implementation) runs it.
 
+pub mod bundle;
 pub mod digest;
 pub mod images;
+pub mod runc;
+pub mod runtime;
+pub mod shim;
 pub mod unpack;

@@ -241,3 +241,116 @@ impl Drop for MountGuard {
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+use cntnr_reconcile::bundle::{self, BundleConfig, ContainerRequest};
+use cntnr_reconcile::images::{ImageRecord, ImageStore, StoreOptions};
+use cntnr_reconcile::runc::{Runc, RuncConfig};
+use cntnr_reconcile::runtime::{ContainerId, Runtime};
+
+/// A test's private world: state dir, runc root, image store, a busybox image.
+/// Drop force-deletes every container under the runc root (ours and the
+/// foreign ones the test made), unmounts every rootfs and removes the dirs.
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub store: ImageStore,
+    pub bundles: BundleConfig,
+    pub runc: Runc,
+    pub image: ImageRecord,
+    pub project: String,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::with_state(tempfile::tempdir().unwrap())
+    }
+
+    pub fn with_state(tmp: tempfile::TempDir) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let state = tmp.path().join("state");
+        let store = ImageStore::open(&state, StoreOptions::default()).unwrap();
+        let reference = busybox_image(&tmp.path().join("layout"));
+        let image = store.import(&reference).unwrap();
+        let bundles = BundleConfig::new(&state, "node-a");
+        let mut rc = RuncConfig::new(tmp.path().join("runc-root"), &state);
+        rc.shim = PathBuf::from(env!("CARGO_BIN_EXE_cntnr-shim"));
+        rc.timeout = std::time::Duration::from_secs(20);
+        let runc = Runc::new(rc).unwrap();
+        let project = format!(
+            "t{}x{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        Self {
+            tmp,
+            store,
+            bundles,
+            runc,
+            image,
+            project,
+        }
+    }
+
+    pub fn request(&self, service: &str, command: &[&str]) -> ContainerRequest {
+        ContainerRequest {
+            project: self.project.clone(),
+            service: service.into(),
+            replica: 1,
+            config_hash: "hash1".into(),
+            command: Some(command.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    /// Bundle build + create + start.
+    pub async fn run(&self, req: &ContainerRequest) -> ContainerId {
+        let b = bundle::build(&self.bundles, &self.store, &self.image, req).unwrap();
+        self.runc.run(&b.id, &b.path).await.unwrap();
+        b.id
+    }
+
+    pub fn log(&self, id: &ContainerId) -> String {
+        fs::read_to_string(self.runc.log_path(id)).unwrap_or_default()
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.runc.config().root.clone()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let root = self.runc_root();
+        let ids = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output();
+        if let Ok(out) = ids {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+        let bundles = self.tmp.path().join("state/bundles");
+        if let Ok(rd) = fs::read_dir(&bundles) {
+            for e in rd.flatten() {
+                if let Ok(id) = ContainerId::new(e.file_name().to_string_lossy().to_string()) {
+                    let _ = bundle::remove(&self.bundles, &id);
+                }
+            }
+        }
+        for e in fs::read_dir(self.tmp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = rustix::mount::unmount(
+                e.path().join("rootfs"),
+                rustix::mount::UnmountFlags::DETACH,
+            );
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! OCI bundles: `<state-dir>/bundles/<id>/` holding `config.json`, the rootfs
+//! and the generated `/etc` files.
+//!
+//! Rootfs, root: an overlayfs mounted at `rootfs/` with the image's shared,
+//! read-only layer dirs as lower dirs and a per-container `upper/` + `work/`.
+//! Nothing is copied, so creation cost does not grow with image size.
+//!
+//! Rootfs, rootless (euid != 0): the layers are applied into a private
+//! `rootfs/` dir (a copy). Chosen on purpose: kernel overlayfs inside a user
+//! namespace needs Linux ≥ 5.11 and the layer dirs owned by the mapped user,
+//! and overlay whiteouts (0/0 char devices, `trusted.` xattrs) cannot be
+//! created rootless at all; a copy works everywhere, at a cost proportional
+//! to image size, paid per container.
+//!
+//! Input: [`ContainerRequest`], a flat description of one replica that the
+//! agent fills from the model's normalized `ServiceSpec` (the model crate was
+//! still being written when this was; nothing here depends on its types).
+
+mod rootfs;
+mod spec;
+pub mod user;
+
+pub use spec::DEFAULT_CAPABILITIES;
+
+use crate::images::{ImageError, ImageRecord, ImageStore};
+use crate::runtime::{ContainerId, InvalidContainerId};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Agent policy: secure by default.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// `--allow-privileged`.
+    pub allow_privileged: bool,
+    /// `--allow-host-path`: bind mount sources must be under one of these.
+    pub allow_host_paths: Vec<PathBuf>,
+    /// `--allow-host-network`.
+    pub allow_host_network: bool,
+}
+
+/// Where and how bundles are built on this node.
+#[derive(Clone, Debug)]
+pub struct BundleConfig {
+    /// `<state-dir>`: bundles, volumes.
+    pub state_dir: PathBuf,
+    /// This node's name (annotation `cntnr.node`).
+    pub node: String,
+    /// Policy.
+    pub policy: Policy,
+    /// Rootless mode (euid != 0): user namespace, copied rootfs, no cgroup limits, host network.
+    pub rootless: bool,
+    /// Host binary mounted at `/sbin/docker-init` for `init: true` (e.g. tini-static).
+    pub init_binary: Option<PathBuf>,
+}
+
+impl BundleConfig {
+    /// Defaults for this process: rootless iff euid != 0.
+    pub fn new(state_dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            node: node.into(),
+            policy: Policy::default(),
+            rootless: !rustix::process::geteuid().is_root(),
+            init_binary: None,
+        }
+    }
+
+    /// The bundle dir of `id`.
+    pub fn bundle_path(&self, id: &ContainerId) -> PathBuf {
+        self.state_dir.join("bundles").join(id.as_str())
+    }
+
+    /// The dir of named volume `name` of `project`.
+    pub fn volume_path(&self, project: &str, name: &str) -> PathBuf {
+        self.state_dir
+            .join("volumes")
+            .join(format!("{project}_{name}"))
+    }
+}
+
+/// Network mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// A new network namespace, wired by the CNI hook (see `hooks`).
+    #[default]
+    Bridge,
+    /// A new, empty network namespace (loopback only).
+    None,
+    /// The host's network namespace (policy `allow_host_network`; forced rootless).
+    Host,
+}
+
+/// A mount requested by the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountRequest {
+    /// Host path bind mount (policy `allow_host_paths`).
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Path in the container.
+        target: String,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// Named volume `<state-dir>/volumes/<project>_<name>`.
+    Volume {
+        /// Volume name.
+        name: String,
+        /// Path in the container.
+        target: String,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// tmpfs.
+    Tmpfs {
+        /// Path in the container.
+        target: String,
+        /// Size in bytes.
+        size: Option<u64>,
+        /// Mode, e.g. 0o1777.
+        mode: Option<u32>,
+    },
+}
+
+/// A resource limit (`ulimits`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ulimit {
+    /// `nofile`, `nproc`, ...
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// `deploy.resources.limits`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// CPUs (fractional).
+    pub cpus: Option<f64>,
+    /// Memory in bytes.
+    pub memory: Option<i64>,
+    /// Max pids.
+    pub pids: Option<i64>,
+}
+
+/// One replica to run, as the agent derives it from a `ServiceSpec`.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerRequest {
+    /// Project.
+    pub project: String,
+    /// Service.
+    pub service: String,
+    /// Replica, from 1.
+    pub replica: u32,
+    /// Config hash of the service spec.
+    pub config_hash: String,
+    /// `entrypoint` (`Some(vec![])` clears the image's).
+    pub entrypoint: Option<Vec<String>>,
+    /// `command`.
+    pub command: Option<Vec<String>>,
+    /// `environment`, merged over the image's.
+    pub environment: BTreeMap<String, String>,
+    /// `working_dir`.
+    pub working_dir: Option<String>,
+    /// `user`.
+    pub user: Option<String>,
+    /// `hostname` (default: the container id).
+    pub hostname: Option<String>,
+    /// `extra_hosts`: (name, address).
+    pub extra_hosts: Vec<(String, String)>,
+    /// `dns` (default: the host's resolv.conf).
+    pub dns: Vec<String>,
+    /// `dns_search`.
+    pub dns_search: Vec<String>,
+    /// Mounts.
+    pub mounts: Vec<MountRequest>,
+    /// `read_only`.
+    pub read_only: bool,
+    /// `cap_add` (`ALL` allowed).
+    pub cap_add: Vec<String>,
+    /// `cap_drop` (`ALL` allowed).
+    pub cap_drop: Vec<String>,
+    /// `privileged`.
+    pub privileged: bool,
+    /// `ulimits`.
+    pub ulimits: Vec<Ulimit>,
+    /// `sysctls`.
+    pub sysctls: BTreeMap<String, String>,
+    /// Limits.
+    pub limits: Limits,
+    /// `init`.
+    pub init: bool,
+    /// `stop_signal` (default: the image's, else SIGTERM).
+    pub stop_signal: Option<String>,
+    /// `network_mode`.
+    pub network: NetworkMode,
+    /// The service's `annotations` (cntnr's own keys cannot be overridden).
+    pub annotations: BTreeMap<String, String>,
+    /// OCI hooks to add (the CNI hook for bridge networking).
+    pub hooks: Option<oci_spec::runtime::Hooks>,
+}
+
+/// Why a bundle could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Bad id parts.
+    #[error(transparent)]
+    Id(#[from] InvalidContainerId),
+    /// The image store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// IO on a bundle path.
+    #[error("{what}: {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The request violates policy or is invalid (a user error).
+    #[error("{service}: {reason}")]
+    Invalid {
+        /// `project/service`.
+        service: String,
+        /// Why.
+        reason: String,
+    },
+    /// oci-spec refused a value.
+    #[error("building config.json: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+pub(crate) fn ioe<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BundleError + 'a {
+    move |source| BundleError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A built bundle, ready for `Runtime::create`.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    /// Container id.
+    pub id: ContainerId,
+    /// Bundle dir (holds `config.json`).
+    pub path: PathBuf,
+    /// The spec written to `config.json`.
+    pub spec: oci_spec::runtime::Spec,
+}
+
+/// Builds the bundle for `req` from the stored image `image`: rootfs
+/// (overlay or copy), generated `/etc` files, `config.json`. A leftover
+/// bundle of the same id is removed first, so this is safe to re-run.
+pub fn build(
+    cfg: &BundleConfig,
+    store: &ImageStore,
+    image: &ImageRecord,
+    req: &ContainerRequest,
+) -> Result<Bundle, BundleError> {
+    let id = ContainerId::for_replica(&req.project, &req.service, req.replica)?;
+    let path = cfg.bundle_path(&id);
+    remove(cfg, &id)?;
+    let result = (|| {
+        std::fs::create_dir_all(&path).map_err(ioe("creating bundle", &path))?;
+        let rootfs = rootfs::prepare(cfg, store, image, &path)?;
+        let image_config = store.image_config(image)?;
+        let spec = spec::build(cfg, &id, &path, &rootfs, &image_config, req)?;
+        let config = path.join("config.json");
+        let data = serde_json::to_vec_pretty(&spec).expect("spec serializes");
+        std::fs::write(&config, data).map_err(ioe("writing config.json", &config))?;
+        Ok(Bundle {
+            id: id.clone(),
+            path: path.clone(),
+            spec,
+        })
+    })();
+    if result.is_err() {
+        let _ = remove(cfg, &id);
+    }
+    result
+}
+
+/// Removes the bundle of `id`: unmounts its rootfs, deletes the dir.
+/// Idempotent: a missing or half-built bundle is fine.
+pub fn remove(cfg: &BundleConfig, id: &ContainerId) -> Result<(), BundleError> {
+    let path = cfg.bundle_path(id);
+    rootfs::unmount(&path.join("rootfs"))?;
+    crate::unpack::remove_tree(&path).map_err(ioe("removing bundle", &path))
+}

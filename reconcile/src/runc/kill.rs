@@ -1,0 +1,25 @@
+//! `runc kill`.
+
+use super::Runc;
+use crate::runtime::{ContainerId, Result, RuntimeError, Signal};
+use std::ffi::OsStr;
+
+impl Runc {
+    pub(super) async fn kill_impl(&self, id: &ContainerId, signal: Signal) -> Result<()> {
+        if self.ours(id).await?.is_none() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let sig = signal.number().to_string();
+        self.invoke(
+            "kill",
+            id.as_str(),
+            &[
+                OsStr::new("kill"),
+                OsStr::new(id.as_str()),
+                OsStr::new(&sig),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,20 @@
+//! `runc start`.
+
+use super::Runc;
+use crate::runtime::{ContainerId, Result, RuntimeError};
+use std::ffi::OsStr;
+
+impl Runc {
+    pub(super) async fn start_impl(&self, id: &ContainerId) -> Result<()> {
+        if self.ours(id).await?.is_none() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        self.invoke(
+            "start",
+            id.as_str(),
+            &[OsStr::new("start"), OsStr::new(id.as_str())],
+        )
+        .await?;
+        Ok(())
+    }
+}
