@@ -439,3 +439,105 @@ async fn no_duplicate_after_kill_between_create_and_start() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn limits_capabilities_ulimits_and_sysctls_reach_the_container() {
+    let w = World::new();
+    let script = r#"grep CapEff /proc/self/status; echo "nofile=$(ulimit -Sn):$(ulimit -Hn)";
+        echo "fwd=$(cat /proc/sys/net/ipv4/ip_forward)";
+        echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)";
+        echo "pids=$(cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max)";
+        echo "quota=$(cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max)""#;
+    let mut req = w.request("limits", &["sh", "-c", script]);
+    req.cap_drop = vec!["NET_RAW".into()];
+    req.cap_add = vec!["sys_time".into()];
+    req.ulimits = vec![cntnr_reconcile::bundle::Ulimit {
+        name: "nofile".into(),
+        soft: 1000,
+        hard: 2000,
+    }];
+    req.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+    req.limits = cntnr_reconcile::bundle::Limits {
+        cpus: Some(0.5),
+        memory: Some(64 << 20),
+        pids: Some(77),
+    };
+    req.stop_signal = Some("SIGQUIT".into());
+    let b = bundle::build(&w.bundles, &w.store, &w.image, &req).unwrap();
+    assert_eq!(
+        b.spec.annotations().as_ref().unwrap()["cntnr.stop-signal"],
+        "SIGQUIT"
+    );
+    w.runc.run(&b.id, &b.path).await.unwrap();
+    let exit = w.runc.wait_exit(&b.id).await.unwrap();
+    let log = w.log(&b.id);
+    assert_eq!(exit.code, Some(0), "{log}");
+    let cap_eff = log
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(cap_eff & (1 << 0), 0, "CAP_CHOWN (default set) kept");
+    assert_eq!(cap_eff & (1 << 13), 0, "CAP_NET_RAW dropped");
+    assert_ne!(cap_eff & (1 << 25), 0, "CAP_SYS_TIME added");
+    assert_eq!(
+        cap_eff & (1 << 21),
+        0,
+        "CAP_SYS_ADMIN not in the default set"
+    );
+    for want in [
+        "nofile=1000:2000",
+        "fwd=1",
+        &format!("mem={}", 64 << 20),
+        "pids=77",
+        "quota=50000",
+    ] {
+        assert!(log.contains(want), "missing {want:?} in:\n{log}");
+    }
+    w.runc.delete(&b.id, false).await.unwrap();
+}
+
+#[test]
+fn docker_entrypoint_and_command_combination() {
+    let w = World::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lb = LayoutBuilder::new(tmp.path());
+    lb.image(
+        "ep",
+        &[busybox_layer()],
+        Compression::Gzip,
+        serde_json::json!({"Entrypoint": ["/bin/echo", "ep"], "Cmd": ["default"], "User": "app", "StopSignal": "SIGINT"}),
+    );
+    let image = w
+        .store
+        .import(&format!("oci:{}:ep", tmp.path().display()))
+        .unwrap();
+    let args = |entrypoint: Option<Vec<&str>>, command: Option<Vec<&str>>| {
+        let mut req = w.request("ep", &[]);
+        req.entrypoint = entrypoint.map(|v| v.into_iter().map(String::from).collect());
+        req.command = command.map(|v| v.into_iter().map(String::from).collect());
+        let b = bundle::build(&w.bundles, &w.store, &image, &req).unwrap();
+        let p = b.spec.process().clone().unwrap();
+        bundle::remove(&w.bundles, &b.id).unwrap();
+        (
+            p.args().clone().unwrap(),
+            p.user().uid(),
+            b.spec.annotations().as_ref().unwrap()["cntnr.stop-signal"].clone(),
+        )
+    };
+    assert_eq!(args(None, None).0, ["/bin/echo", "ep", "default"]);
+    assert_eq!(args(None, Some(vec!["x"])).0, ["/bin/echo", "ep", "x"]);
+    // A service entrypoint drops the image's cmd.
+    assert_eq!(args(Some(vec!["/bin/sh"]), None).0, ["/bin/sh"]);
+    assert_eq!(
+        args(Some(vec!["/bin/sh"]), Some(vec!["-c", "true"])).0,
+        ["/bin/sh", "-c", "true"]
+    );
+    assert_eq!(args(Some(vec![]), Some(vec!["true"])).0, ["true"]);
+    let (_, uid, sig) = args(None, None);
+    assert_eq!(
+        (uid, sig.as_str()),
+        (1000, "SIGINT"),
+        "image user and stop signal apply"
+    );
+}
