@@ -31,6 +31,7 @@ pub mod parse;
 pub mod path;
 pub mod ports;
 pub mod records;
+pub mod render;
 pub mod schema;
 pub mod shellwords;
 pub mod spec;

@@ -200,7 +200,9 @@ pub fn load_sources(sources: &[Source], opts: &LoadOptions) -> Result<Project, L
         if !opts.skip_interpolation {
             let mut interp = Interpolator::new(&opts.env);
             for (path, e) in interp.expand_tree(&mut tree) {
-                diagnostics.push(located(&src.name, &path, ErrorKind::Interpolation(e)));
+                let mut d = located(&src.name, &path, ErrorKind::Interpolation(e));
+                d.project = opts.project_name.clone();
+                diagnostics.push(d);
             }
             unset.extend(interp.unset);
         }

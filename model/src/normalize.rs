@@ -551,7 +551,13 @@ pub fn service(
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     match crate::ports::parse_entry(item) {
-                        Ok(mut p) => ports.append(&mut p),
+                        Ok(p) => {
+                            for m in p {
+                                if !ports.contains(&m) {
+                                    ports.push(m);
+                                }
+                            }
+                        }
                         Err((sub, e)) => {
                             let key = if sub.is_empty() {
                                 format!("ports[{i}]")
@@ -574,7 +580,13 @@ pub fn service(
         };
         for (i, item) in items.iter().enumerate() {
             match crate::ports::parse_expose(item) {
-                Ok(mut e) => expose.append(&mut e),
+                Ok(e) => {
+                    for port in e {
+                        if !expose.contains(&port) {
+                            expose.push(port);
+                        }
+                    }
+                }
                 Err(e) => sink.invalid(format!("expose[{i}]"), e),
             }
         }

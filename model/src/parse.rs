@@ -24,8 +24,26 @@ pub fn parse_yaml(text: &str) -> Result<Value, String> {
         reject_unsupported_tags: true,
         with_snippet: false,
     };
-    serde_saphyr::from_str_with_options::<Value>(text, options)
-        .map_err(|e| e.render().replace(['\n', '\r'], " ").trim().to_string())
+    serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|e| tidy(&e.render()))
+}
+
+/// One line, without advice aimed at users of the library rather than
+/// authors of compose files.
+fn tidy(msg: &str) -> String {
+    let one_line = msg.replace(['\n', '\r'], " ");
+    let replacements = [
+        (", set DuplicateKeyPolicy in Options if acceptable", ""),
+        (
+            "; use from_str_multiple or from_str_multiple_with_options",
+            " (one document per file)",
+        ),
+        ("; use Option<String>", ""),
+    ];
+    let mut out = one_line.trim().to_string();
+    for (from, to) in replacements {
+        out = out.replace(from, to);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -72,7 +90,9 @@ services:
     #[test]
     fn errors_are_one_line_with_position() {
         let e = parse_yaml("a: 1\na: 2\n").unwrap_err();
-        assert!(e.contains("duplicate") && e.contains("line 2"), "{e}");
+        assert_eq!(e, "duplicate mapping key: a at line 2, column 1");
+        let e = parse_yaml("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(e.contains("one document per file"), "{e}");
         let e = parse_yaml("ports: !reset []\n").unwrap_err();
         assert!(e.contains("!reset"), "{e}");
         assert!(!parse_yaml("{").unwrap_err().contains('\n'));

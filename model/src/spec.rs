@@ -617,8 +617,9 @@ pub enum DeployMode {
     Global,
 }
 
-/// `deploy`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `deploy`. Serialized without `replicas` in global mode (compose
+/// rejects that combination).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Deploy {
     /// Replicated or global.
     pub mode: DeployMode,
@@ -626,16 +627,35 @@ pub struct Deploy {
     /// stops the service).
     pub replicas: u32,
     /// Where replicas may run.
-    #[serde(skip_serializing_if = "Placement::is_default")]
     pub placement: Placement,
     /// Resource limits.
-    #[serde(skip_serializing_if = "Resources::is_default")]
     pub resources: Resources,
     /// Swarm-style restart policy, if given.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<DeployRestartPolicy>,
     /// How updates roll out.
     pub update_config: UpdateConfig,
+}
+
+impl Serialize for Deploy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("mode", &self.mode)?;
+        if self.mode == DeployMode::Replicated {
+            m.serialize_entry("replicas", &self.replicas)?;
+        }
+        if !self.placement.is_default() {
+            m.serialize_entry("placement", &self.placement)?;
+        }
+        if !self.resources.is_default() {
+            m.serialize_entry("resources", &self.resources)?;
+        }
+        if let Some(r) = &self.restart_policy {
+            m.serialize_entry("restart_policy", r)?;
+        }
+        m.serialize_entry("update_config", &self.update_config)?;
+        m.end()
+    }
 }
 
 impl Default for Deploy {

@@ -1,6 +1,5 @@
-//! `cntnr`: the operator's CLI.
+//! `cntnr`: the operator's CLI (see `cntnr_agent::cli`).
 
-fn main() {
-    eprintln!("cntnr: not implemented yet");
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    cntnr_agent::cli::main()
 }
