@@ -123,6 +123,12 @@ impl ConsulClient {
             .no_proxy();
         if let Some(ca) = &opts.ca {
             let pem = std::fs::read(ca).map_err(|e| Error::io("reading CA file", ca, e))?;
+            if !crate::url::looks_like_pem_cert(&pem) {
+                return Err(Error::BadUrl {
+                    url: format!("consul+https://{address}"),
+                    reason: format!("CA file {} holds no PEM certificate", ca.display()),
+                });
+            }
             let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::BadUrl {
                 url: format!("consul+https://{address}"),
                 reason: format!("CA file {}: {e}", ca.display()),
@@ -880,5 +886,26 @@ impl Store for ConsulStore {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_never_printed() {
+        let opts = ConnectOptions {
+            consul_token: Some(Secret::new("s3cr3t-token")),
+            ..Default::default()
+        };
+        let c = ConsulClient::new("127.0.0.1:8500", false, &opts).unwrap();
+        let s = format!("{c:?}");
+        assert!(!s.contains("s3cr3t-token") && s.contains("redacted"), "{s}");
+    }
+
+    #[test]
+    fn keys_are_path_encoded() {
+        assert_eq!(enc_path("cntnr/a b/%x?"), "cntnr/a%20b/%25x%3F");
     }
 }

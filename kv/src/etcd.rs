@@ -164,7 +164,14 @@ impl EtcdStore {
         if tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &opts.ca {
-                t = t.ca_certificate(Certificate::from_pem(read_file(ca)?));
+                let pem = read_file(ca)?;
+                if !crate::url::looks_like_pem_cert(&pem) {
+                    return Err(Error::BadUrl {
+                        url: format!("etcd+https://{}", endpoints.join(",")),
+                        reason: format!("CA file {} holds no PEM certificate", ca.display()),
+                    });
+                }
+                t = t.ca_certificate(Certificate::from_pem(pem));
             }
             match (&opts.cert, &opts.key) {
                 (Some(c), Some(k)) => {

@@ -167,6 +167,12 @@ fn redact(url: &str) -> String {
     s
 }
 
+/// Whether `pem` holds at least one PEM certificate block.
+pub(crate) fn looks_like_pem_cert(pem: &[u8]) -> bool {
+    const TAG: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    pem.windows(TAG.len()).any(|w| w == TAG)
+}
+
 /// A secret string: never printed by `Debug`/`Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);

@@ -1,0 +1,396 @@
+//! Backend-specific behaviour the generic contract cannot express: etcd
+//! compaction, server-side fencing, Consul lock-delay, credentials and TLS
+//! errors, dir crash recovery and hand-written files.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cntnr_e2e::{shared_consul, shared_etcd, Etcd};
+use cntnr_kv::{
+    ConnectOptions, DynStore, Error, EventKind, Secret, StoreUrl, WatchEvent, WatchFrom,
+    WatchStream,
+};
+use futures::StreamExt;
+use tokio::time::{timeout, Instant};
+
+fn opts() -> ConnectOptions {
+    ConnectOptions {
+        connect_timeout: Some(Duration::from_secs(20)),
+        consul_wait: Duration::from_secs(5),
+        consul_lock_delay: Duration::from_secs(1),
+        dir_rescan: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+async fn open(url: &str, o: &ConnectOptions) -> cntnr_kv::Result<DynStore> {
+    cntnr_kv::connect(&StoreUrl::parse(url)?, o).await
+}
+
+async fn collect(
+    w: &mut WatchStream,
+    within: Duration,
+    mut done: impl FnMut(&[WatchEvent]) -> bool,
+) -> Vec<WatchEvent> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while !done(&out) {
+        match tokio::time::timeout_at(deadline, w.next()).await {
+            Ok(Some(Ok(ev))) => out.push(ev),
+            Ok(Some(Err(e))) => panic!("watch error: {e}"),
+            Ok(None) => panic!("watch ended"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn ctl(etcd: &Etcd, args: &[&str]) -> String {
+    let out = etcd.etcdctl(args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn current_revision(etcd: &Etcd) -> u64 {
+    let out = ctl(etcd, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["Status"]["header"]["revision"].as_u64().unwrap()
+}
+
+/// History compacted while the watcher was away: the watch re-lists and
+/// reports the delete that happened in the gap (synthetic), exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_relists_after_compaction_and_sees_delete() {
+    let mut etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    let store = open(&etcd.store_url(), &opts()).await.unwrap();
+    store.put("c/a", b"1").await.unwrap();
+    store.put("c/b", b"1").await.unwrap();
+
+    // Variant 1, deterministic: the caller's watch is gone, history up to
+    // now is compacted, and it resumes from its own state.
+    let mut w = store.watch("c/", WatchFrom::Start);
+    let mut state = cntnr_kv::Snapshot::default();
+    for ev in collect(&mut w, Duration::from_secs(5), |e| e.len() >= 2).await {
+        state.apply(&ev);
+    }
+    drop(w);
+    store.delete("c/a").await.unwrap();
+    store.put("c/c", b"1").await.unwrap();
+    let rev = current_revision(&etcd).to_string();
+    tokio::task::block_in_place(|| ctl(&etcd, &["compact", &rev]));
+    let mut w = store.watch("c/", WatchFrom::Snapshot(state.clone()));
+    let evs = collect(&mut w, Duration::from_secs(10), |e| e.len() >= 2).await;
+    let got: BTreeSet<_> = evs
+        .iter()
+        .map(|e| (e.kind, e.key.clone(), e.synthetic))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (EventKind::Delete, "c/a".to_string(), true),
+            (EventKind::Put, "c/c".to_string(), true)
+        ]
+        .into()
+    );
+    for ev in &evs {
+        state.apply(ev);
+    }
+
+    // Variant 2, mid-watch: the server restarts, and before the watch
+    // reconnects a key is deleted and history compacted. The delete is
+    // seen exactly once either way (live or by relist).
+    tokio::task::block_in_place(|| {
+        etcd.restart();
+        ctl(&etcd, &["del", "c/b"]);
+        ctl(&etcd, &["put", "c/d", "1"]);
+        let rev = current_revision(&etcd).to_string();
+        ctl(&etcd, &["compact", &rev]);
+    });
+    let evs = collect(&mut w, Duration::from_secs(30), |e| e.len() >= 2).await;
+    let extra = collect(&mut w, Duration::from_secs(2), |_| false).await;
+    let got: Vec<_> = evs
+        .iter()
+        .chain(extra.iter())
+        .map(|e| (e.kind, e.key.clone()))
+        .collect();
+    assert_eq!(got.len(), 2, "{evs:?} {extra:?}");
+    assert!(
+        got.contains(&(EventKind::Delete, "c/b".to_string())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(EventKind::Put, "c/d".to_string())),
+        "{got:?}"
+    );
+}
+
+/// The fence is checked by the server, not only locally: with the lock key
+/// deleted behind the leader's back and taken by another, the old leader's
+/// fenced write fails although its session is alive.
+async fn fenced_write_rejected_by_server(store: DynStore, prefix: &str) {
+    let lock = format!("{prefix}/leader");
+    let target = format!("{prefix}/schedule");
+    let sa = store.create_session(Duration::from_secs(10)).await.unwrap();
+    let sb = store.create_session(Duration::from_secs(10)).await.unwrap();
+    let a = store.campaign(&sa, &lock, b"a").await.unwrap();
+    store.put_fenced(&target, b"a1", &a).await.unwrap();
+    store.delete(&lock).await.unwrap();
+    let b = timeout(Duration::from_secs(10), store.campaign(&sb, &lock, b"b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        a.is_held(),
+        "a's session is alive; only the server can tell"
+    );
+    assert!(matches!(
+        store.put_fenced(&target, b"a2", &a).await,
+        Err(Error::FencedOut { .. })
+    ));
+    store.put_fenced(&target, b"b1", &b).await.unwrap();
+    assert_eq!(store.get(&target).await.unwrap().unwrap().value, b"b1");
+    sa.close().await.unwrap();
+    sb.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_fenced_write_rejected_by_server() {
+    let url = tokio::task::spawn_blocking(|| shared_etcd().store_url())
+        .await
+        .unwrap();
+    fenced_write_rejected_by_server(open(&url, &opts()).await.unwrap(), "fence-etcd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_fenced_write_rejected_by_server() {
+    let url = tokio::task::spawn_blocking(|| shared_consul().store_url())
+        .await
+        .unwrap();
+    fenced_write_rejected_by_server(open(&url, &opts()).await.unwrap(), "fence-consul").await;
+}
+
+/// After the holder's session is invalidated, Consul refuses the lock for
+/// the lock-delay; the contender waits it out (timer, not a request loop)
+/// and gets it soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_lock_delay_honoured() {
+    let consul = tokio::task::spawn_blocking(shared_consul).await.unwrap();
+    let delay = Duration::from_secs(3);
+    let o = ConnectOptions {
+        consul_lock_delay: delay,
+        ..opts()
+    };
+    let store = open(&consul.store_url(), &o).await.unwrap();
+    let lock = "lockdelay/leader";
+    let sa = store.create_session(Duration::from_secs(10)).await.unwrap();
+    let sb = store.create_session(Duration::from_secs(10)).await.unwrap();
+    let _a = store.campaign(&sa, lock, b"a").await.unwrap();
+    // Invalidate a's session (as an expiry would): lock-delay starts now.
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/session/destroy/{}", consul.url(), sa.id()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let t0 = Instant::now();
+    let b = timeout(Duration::from_secs(15), store.campaign(&sb, lock, b"b"))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= delay - Duration::from_millis(300),
+        "acquired after {took:?}, before the {delay:?} lock-delay ran out"
+    );
+    assert!(
+        took <= delay + Duration::from_secs(3),
+        "waited {took:?}, far past the lock-delay"
+    );
+    assert_eq!(store.holder(lock).await.unwrap().unwrap().token, b.token);
+    sb.close().await.unwrap();
+}
+
+/// etcd with authentication: a wrong password is a clear, non-retryable
+/// auth error; the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_bad_credentials_give_clear_error() {
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    tokio::task::block_in_place(|| {
+        ctl(
+            &etcd,
+            &[
+                "user",
+                "add",
+                "root",
+                "--new-user-password=right-pw",
+                "--interactive=false",
+            ],
+        );
+        ctl(&etcd, &["auth", "enable"]);
+    });
+    let bad = ConnectOptions {
+        etcd_user: Some(("root".into(), Secret::new("wrong-pw"))),
+        ..opts()
+    };
+    let e = open(&etcd.store_url(), &bad).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Auth { .. }), "{e:?}");
+    assert!(!e.is_retryable());
+    assert!(msg.contains("authentication failed"), "{msg}");
+    assert!(!msg.contains("wrong-pw") && !msg.contains('\n'), "{msg}");
+
+    let good = ConnectOptions {
+        etcd_user: Some(("root".into(), Secret::new("right-pw"))),
+        ..opts()
+    };
+    let store = open(&etcd.store_url(), &good).await.unwrap();
+    store.put("auth/k", b"v").await.unwrap();
+    assert_eq!(store.get("auth/k").await.unwrap().unwrap().value, b"v");
+}
+
+/// An unreachable server is retried with backoff until the connect timeout,
+/// and the error says what was waited for; bad TLS files fail at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_servers_and_bad_tls_files_give_clear_errors() {
+    let quick = ConnectOptions {
+        connect_timeout: Some(Duration::from_secs(2)),
+        ..opts()
+    };
+    // A port nothing listens on (bound then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (url, what) in [
+        (
+            format!("etcd://127.0.0.1:{port}"),
+            format!("etcd at 127.0.0.1:{port}"),
+        ),
+        (
+            format!("consul://127.0.0.1:{port}"),
+            format!("Consul agent at 127.0.0.1:{port}"),
+        ),
+    ] {
+        let t = Instant::now();
+        let e = open(&url, &quick).await.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{url}: {e:?}");
+        assert!(e.to_string().contains(&what), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{url}: took {:?}",
+            t.elapsed()
+        );
+    }
+    let missing = ConnectOptions {
+        ca: Some("/nonexistent/ca.pem".into()),
+        ..opts()
+    };
+    for url in [
+        format!("etcd+https://127.0.0.1:{port}"),
+        format!("consul+https://127.0.0.1:{port}"),
+    ] {
+        let e = open(&url, &missing).await.unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{url}: {e}");
+        assert!(!e.is_retryable());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("ca.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let bad = ConnectOptions {
+        ca: Some(garbage),
+        ..opts()
+    };
+    for url in [
+        format!("etcd+https://127.0.0.1:{port}"),
+        format!("consul+https://127.0.0.1:{port}"),
+    ] {
+        let e = open(&url, &bad).await.unwrap_err();
+        assert!(matches!(e, Error::BadUrl { .. }), "{url}: {e:?}");
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    }
+    // Bad URLs never reach the network.
+    for url in ["etcd:/x", "consul://h", "dir://rel", "zk://h:1"] {
+        let e = open(url, &opts()).await.unwrap_err();
+        assert!(matches!(e, Error::BadUrl { .. }), "{url}: {e:?}");
+    }
+}
+
+/// dir: a process that died with bound keys (its session record names a
+/// dead pid) is cleaned up by the next opener; an operator's hand-written
+/// file is a key with a version, seen by watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_crashed_session_reaped_and_hand_written_files_seen() {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("dir://{}", d.path().display());
+    {
+        let store = open(&url, &opts()).await.unwrap();
+        let sess = store
+            .create_session(Duration::from_secs(3600))
+            .await
+            .unwrap();
+        store
+            .put_bound(&sess, "cntnr/nodes/n1", b"up")
+            .await
+            .unwrap();
+        store.put("cntnr/projects/shop", b"yaml").await.unwrap();
+        // Simulate the process dying: rewrite the record with a dead pid.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let rec_path = d
+            .path()
+            .join(".cntnr/sessions")
+            .join(format!("{}.json", sess.id()));
+        let mut rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+        rec["pid"] = dead.into();
+        std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+        std::mem::forget(sess); // no close, no keepalive: as after a crash
+    }
+    let store = open(&url, &opts()).await.unwrap();
+    assert!(
+        store.get("cntnr/nodes/n1").await.unwrap().is_none(),
+        "dead process's bound key reaped at open"
+    );
+    assert!(store.get("cntnr/projects/shop").await.unwrap().is_some());
+
+    let mut w = store.watch("cntnr/projects/", WatchFrom::Start);
+    let first = collect(&mut w, Duration::from_secs(5), |e| !e.is_empty()).await;
+    assert_eq!(first[0].key, "cntnr/projects/shop");
+    std::fs::create_dir_all(d.path().join("cntnr/projects")).unwrap();
+    std::fs::write(d.path().join("cntnr/projects/blog"), "by hand").unwrap();
+    let ev = collect(&mut w, Duration::from_secs(5), |e| !e.is_empty()).await;
+    assert_eq!(
+        (ev[0].kind, ev[0].key.as_str(), ev[0].value.as_slice()),
+        (EventKind::Put, "cntnr/projects/blog", &b"by hand"[..])
+    );
+    let v = store
+        .get("cntnr/projects/blog")
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    assert_eq!(ev[0].version, v);
+    // CAS works on a hand-written file's version.
+    store
+        .cas("cntnr/projects/blog", b"v2", Some(v))
+        .await
+        .unwrap();
+    std::fs::remove_file(d.path().join("cntnr/projects/blog")).unwrap();
+    let evs = collect(&mut w, Duration::from_secs(5), |e| {
+        e.iter().any(|e| e.kind == EventKind::Delete)
+    })
+    .await;
+    assert!(
+        evs.iter()
+            .any(|e| e.kind == EventKind::Delete && e.key == "cntnr/projects/blog"),
+        "{evs:?}"
+    );
+    // No temp files are ever visible as keys.
+    assert_eq!(store.list("cntnr/").await.unwrap().entries.len(), 1);
+}
