@@ -4,8 +4,12 @@
 //! files it is given; no tokio.
 //!
 //! The entry points are [`load_files`] (compose files on disk, with the
-//! project's `.env`) and [`load_sources`] (YAML text, e.g. read from the
-//! store). Both run the same pipeline:
+//! project's `.env`; what `cntnr validate` and `cntnr deploy` use),
+//! [`load_stored`] (the text `deploy` wrote to `projects/<p>`, as the agent
+//! reads it) and [`load_sources`] (YAML text with explicit options); then
+//! [`render::to_yaml`] writes a project back as compose text and
+//! [`ServiceSpec::config_hash`] digests what shapes its containers. All run
+//! the same pipeline:
 //!
 //! 1. [`parse`]: YAML → untyped tree (anchors, aliases and `<<` merge keys
 //!    resolved by serde-saphyr);
@@ -15,6 +19,8 @@
 //! 5. [`validate`]: cross-service checks (dependencies, references);
 //!
 //! and report every problem found as a one-line [`Diagnostic`].
+
+#![warn(missing_docs)]
 
 pub mod annotations;
 pub mod envfile;
@@ -42,7 +48,7 @@ pub use annotations::{AgentSettings, EnvMissing, EnvOnChange, EnvSource, HttpChe
 pub use error::{Diagnostic, ErrorKind, LoadError};
 pub use hash::{config_hash, ConfigHash, HASH_VERSION};
 pub use keys::{ConfigKey, KeyError, Prefix, StoreKey};
-pub use load::{load_files, load_sources, LoadOptions, Source};
+pub use load::{load_files, load_sources, load_stored, LoadOptions, Source};
 pub use names::{
     ContainerId, InstanceId, NameError, NodeName, ProjectName, RegisteredName, Replica, ServiceName,
 };

@@ -123,6 +123,25 @@ pub fn load_files<P: AsRef<Path>>(files: &[P], opts: &LoadOptions) -> Result<Pro
     load_sources(&sources, &opts)
 }
 
+/// Loads a project as stored under `projects/<project>` by `cntnr deploy`:
+/// already interpolated (a `$` is literal), paths absolute, no `.env` and
+/// no project directory; `key` names the source in errors. The project is
+/// named `project` whatever the text's `name:` says.
+pub fn load_stored(project: &ProjectName, key: &str, text: &str) -> Result<Project, LoadError> {
+    let opts = LoadOptions {
+        project_name: Some(project.to_string()),
+        skip_interpolation: true,
+        ..LoadOptions::default()
+    };
+    load_sources(
+        &[Source {
+            name: key.to_string(),
+            text: text.to_string(),
+        }],
+        &opts,
+    )
+}
+
 /// Where each part of the merged tree came from, for error messages.
 #[derive(Debug, Default)]
 struct Origins {

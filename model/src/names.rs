@@ -149,18 +149,18 @@ string_newtype!(
 string_newtype!(
     /// The name a service is registered under (Consul service name, or the
     /// `services/<name>` key segment): `^[A-Za-z0-9][A-Za-z0-9._-]*$`, at most
-    /// 63 characters. Defaults to `<project>-<service>`.
+    /// 127 characters (room for the default `<project>-<service>`).
     RegisteredName,
     |s| {
         let ok_first = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
         let ok_rest = s
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok_first || !ok_rest || s.len() > MAX_NAME_LEN {
+        if !ok_first || !ok_rest || s.len() > 2 * MAX_NAME_LEN + 1 {
             return Err(NameError {
                 what: "registered service name",
                 value: s.to_string(),
-                reason: "must match ^[A-Za-z0-9][A-Za-z0-9._-]*$ and be at most 63 characters",
+                reason: "must match ^[A-Za-z0-9][A-Za-z0-9._-]*$ and be at most 127 characters",
             });
         }
         Ok(())
@@ -170,10 +170,9 @@ string_newtype!(
 impl RegisteredName {
     /// The default registration name of a service: `<project>-<service>`.
     pub fn default_for(project: &ProjectName, service: &ServiceName) -> Self {
-        // Both parts are valid compose names, so the join is a valid
-        // registered name except for length, which we cap by construction.
-        let joined = format!("{project}-{service}");
-        RegisteredName::new(joined.clone()).unwrap_or(RegisteredName(joined))
+        // Both parts are valid compose names (≤ 63 chars of [a-z0-9_-],
+        // starting alphanumeric), so the join always satisfies the rule.
+        RegisteredName(format!("{project}-{service}"))
     }
 }
 

@@ -43,6 +43,25 @@ pub struct Project {
     pub warnings: Vec<String>,
 }
 
+impl Project {
+    /// The service named `name`, if any.
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.get(name)
+    }
+
+    /// The name `service` registers under: its `cntnr.service.name`
+    /// annotation, else `<project>-<service>`.
+    pub fn registered_name(&self, service: &ServiceName) -> Option<crate::names::RegisteredName> {
+        let spec = self.services.get(service)?;
+        Some(
+            spec.agent
+                .service_name
+                .clone()
+                .unwrap_or_else(|| crate::names::RegisteredName::default_for(&self.name, service)),
+        )
+    }
+}
+
 /// One service: everything the runtime needs to create its containers and
 /// everything the scheduler needs to place them.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -200,3 +200,20 @@ fn rendered_text_carries_the_hash() {
     );
     assert_eq!(tree["services"]["web"]["ports"][0]["published"], "8080");
 }
+
+#[test]
+fn stored_text_loads_back_without_interpolation() {
+    let p = load("services:\n  web:\n    image: nginx\n    command: ['sh', '-c', 'echo $$HOME']\n    annotations: {cntnr.service.name: front}\n  db:\n    image: postgres\n");
+    assert_eq!(
+        svc(&p, "web").command.as_deref().unwrap(),
+        ["sh", "-c", "echo $HOME"]
+    );
+    let text = render::to_yaml(&p).unwrap();
+    let back = load_stored(&p.name, "cntnr/projects/h", &text).unwrap();
+    assert_eq!(back, p, "a literal $ stays literal");
+    let web = ServiceName::new("web").unwrap();
+    let db = ServiceName::new("db").unwrap();
+    assert_eq!(back.registered_name(&web).unwrap().as_str(), "front");
+    assert_eq!(back.registered_name(&db).unwrap().as_str(), "h-db");
+    assert!(back.service("db").is_some());
+}
