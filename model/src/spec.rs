@@ -1,7 +1,7 @@
 //! The normalized project: every short form resolved, every value typed.
 //!
 //! A [`Project`] is what the rest of cntnr works with. It is produced only by
-//! the loader ([`crate::load`]), which guarantees that every name, path,
+//! the loader ([`crate::load_files`] and friends), which guarantees that every name, path,
 //! port, duration and size in it has been validated.
 //!
 //! `Serialize` writes a project back as a compose file in long syntax
