@@ -12,6 +12,11 @@ impl Runc {
                 return Err(RuntimeError::Foreign(id.to_string()));
             }
         }
+        self.create_unchecked(id, bundle).await
+    }
+
+    /// `runc create` under the shim, for an id known not to be foreign.
+    pub(super) async fn create_unchecked(&self, id: &ContainerId, bundle: &Path) -> Result<()> {
         let io = |what| {
             move |source| RuntimeError::Io {
                 what,

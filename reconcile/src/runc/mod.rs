@@ -127,7 +127,7 @@ impl Runc {
     /// Fails with [`RuntimeError::Foreign`] unless `id` carries our annotations;
     /// `Ok(None)` if it does not exist.
     async fn ours(&self, id: &ContainerId) -> Result<Option<ContainerState>> {
-        match self.state(id).await? {
+        match self.state_impl(id).await? {
             Some(s) if !s.is_ours() => Err(RuntimeError::Foreign(id.to_string())),
             other => Ok(other),
         }
@@ -176,17 +176,24 @@ impl Runtime for Runc {
     }
 
     async fn run(&self, id: &ContainerId, bundle: &Path) -> Result<()> {
-        match self.ours(id).await? {
+        // Fast path: runc keeps `<root>/<id>/` for every container it knows;
+        // without it there is nothing to inspect (saves a runc call).
+        let existing = if self.cfg.root.join(id.as_str()).exists() {
+            self.ours(id).await?
+        } else {
+            None
+        };
+        match existing {
             None => {}
             Some(s) => match s.status {
                 Status::Running | Status::Paused => return Ok(()),
                 // The previous agent died between create and start: finish the job.
-                Status::Created => return self.start_impl(id).await,
+                Status::Created => return self.start_unchecked(id).await,
                 Status::Stopped | Status::Creating => self.delete_impl(id, true).await?,
             },
         }
-        self.create_impl(id, bundle).await?;
-        self.start_impl(id).await
+        self.create_unchecked(id, bundle).await?;
+        self.start_unchecked(id).await
     }
 
     async fn state(&self, id: &ContainerId) -> Result<Option<ContainerState>> {

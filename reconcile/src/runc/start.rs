@@ -9,6 +9,11 @@ impl Runc {
         if self.ours(id).await?.is_none() {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
+        self.start_unchecked(id).await
+    }
+
+    /// `runc start` of a container known to be ours.
+    pub(super) async fn start_unchecked(&self, id: &ContainerId) -> Result<()> {
         self.invoke(
             "start",
             id.as_str(),
