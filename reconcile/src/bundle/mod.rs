@@ -12,10 +12,11 @@
 //! created rootless at all; a copy works everywhere, at a cost proportional
 //! to image size, paid per container.
 //!
-//! Input: [`ContainerRequest`], a flat description of one replica that the
-//! agent fills from the model's normalized `ServiceSpec` (the model crate was
-//! still being written when this was; nothing here depends on its types).
+//! Input: [`ContainerRequest`], a flat description of one replica, built from
+//! the model's normalized `ServiceSpec` by [`ContainerRequest::from_service`].
+//! Networking is the CNI hook's: the agent passes it in `hooks`.
 
+mod from_service;
 mod rootfs;
 mod spec;
 pub mod user;

@@ -29,6 +29,19 @@ impl ImageStore {
         })
     }
 
+    /// Brings `reference` into the store: `oci:PATH[:TAG]` is imported from
+    /// the layout, anything else pulled from its registry.
+    pub async fn fetch(&self, reference: &str) -> Result<ImageRecord> {
+        if reference.starts_with("oci:") {
+            let store = self.clone();
+            let r = reference.to_string();
+            return tokio::task::spawn_blocking(move || store.import(&r))
+                .await
+                .expect("import task");
+        }
+        self.pull(reference).await
+    }
+
     /// Pulls `reference` into the store (blobs already present and valid are
     /// not fetched again) and records it. Safe to run concurrently from several
     /// processes. Retry on [`ImageError::is_retryable`].
