@@ -359,32 +359,43 @@ impl ConsulStore {
 }
 
 /// Level source over blocking recurse queries, with the client-side rules
-/// Consul's docs ask for: an index below 1 is sent as 1, and fast returns are
-/// rate-limited (a token bucket of 10 requests refilling at 20/s), so a
-/// misbehaving index never turns into a hot loop.
+/// Consul's docs ask for: an index below 1 is sent as 1, and a query that
+/// returns fast without progress (spurious wake-up or index reset) is
+/// rate-limited by a token bucket (burst 5, refilling at 10/s), so a
+/// misbehaving index never turns into a hot loop. Returns that bring a
+/// change are never delayed.
 struct ConsulLevel {
     store: ConsulStore,
     bucket: tokio::sync::Mutex<(f64, Instant)>,
 }
 
+impl ConsulLevel {
+    async fn throttle(&self) {
+        let mut b = self.bucket.lock().await;
+        let now = Instant::now();
+        let (tokens, last) = *b;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * 10.0).min(5.0);
+        if tokens < 1.0 {
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / 10.0)).await;
+            *b = (0.0, Instant::now());
+        } else {
+            *b = (tokens - 1.0, now);
+        }
+    }
+}
+
 #[async_trait]
 impl LevelSource for ConsulLevel {
     async fn poll(&self, prefix: &str, after: Option<u64>) -> Result<Snapshot> {
-        {
-            let mut b = self.bucket.lock().await;
-            let now = Instant::now();
-            let (tokens, last) = *b;
-            let tokens = (tokens + now.duration_since(last).as_secs_f64() * 20.0).min(10.0);
-            if tokens < 1.0 {
-                let wait = Duration::from_secs_f64((1.0 - tokens) / 20.0);
-                tokio::time::sleep(wait).await;
-                *b = (0.0, Instant::now());
-            } else {
-                *b = (tokens - 1.0, now);
+        let block = after.map(|i| (i, self.store.jittered_wait()));
+        let started = Instant::now();
+        let snap = self.store.c.kv_list(prefix, block).await?;
+        if let Some(a) = after {
+            if snap.position <= a && started.elapsed() < Duration::from_millis(100) {
+                self.throttle().await;
             }
         }
-        let block = after.map(|i| (i, self.store.jittered_wait()));
-        self.store.c.kv_list(prefix, block).await
+        Ok(snap)
     }
 }
 
@@ -620,12 +631,19 @@ impl Store for ConsulStore {
     fn watch(&self, prefix: &str, from: WatchFrom) -> WatchStream {
         let src = ConsulLevel {
             store: self.clone(),
-            bucket: tokio::sync::Mutex::new((10.0, Instant::now())),
+            bucket: tokio::sync::Mutex::new((5.0, Instant::now())),
         };
         level_watch(src, prefix.to_string(), from)
     }
 
     async fn create_session(&self, ttl: Duration) -> Result<Session> {
+        if ttl < Duration::from_secs(10) || ttl > Duration::from_secs(86400) {
+            return Err(Error::Server {
+                op: "creating session".into(),
+                message: format!("Consul session TTL must be between 10s and 24h, not {ttl:?}"),
+                retryable: false,
+            });
+        }
         let body = json!({
             "Name": "cntnr",
             "TTL": format!("{}s", ttl.as_secs()),

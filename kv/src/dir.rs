@@ -232,6 +232,12 @@ impl Inner {
     }
 
     fn scan(&self, prefix: &str) -> Result<Snapshot> {
+        self.scan_with(prefix, None)
+    }
+
+    /// Scans `prefix`. With `cache` (the previous scan), a file whose mtime
+    /// and size are unchanged is not read again.
+    fn scan_with(&self, prefix: &str, cache: Option<&BTreeMap<String, Entry>>) -> Result<Snapshot> {
         let base_rel = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
             None => "",
@@ -277,6 +283,15 @@ impl Inner {
                         stack.push((de.path(), key));
                     }
                 } else if ft.is_file() && key.starts_with(prefix) {
+                    if let Some(c) = cache.and_then(|c| c.get(&key)) {
+                        if let Ok(md) = de.metadata() {
+                            if mtime_ns(&md) == c.version && md.len() == c.value.len() as u64 {
+                                max_v = max_v.max(c.version);
+                                entries.insert(key, c.clone());
+                                continue;
+                            }
+                        }
+                    }
                     // Raced with a delete/rename: skip, the next scan sees it.
                     if let Ok(Some(e)) = self.read(&key) {
                         max_v = max_v.max(e.version);
@@ -293,9 +308,13 @@ impl Inner {
 
     /// A scan under the writer lock: every write through this crate with a
     /// version up to the returned position is in it, none after.
-    fn scan_consistent(&self, prefix: &str) -> Result<Snapshot> {
+    fn scan_consistent(
+        &self,
+        prefix: &str,
+        cache: Option<&BTreeMap<String, Entry>>,
+    ) -> Result<Snapshot> {
         let _held = self.lock()?;
-        self.scan(prefix)
+        self.scan_with(prefix, cache)
     }
 
     fn sessions_dir(&self) -> PathBuf {
@@ -470,15 +489,21 @@ impl LevelSource for DirLevel {
     async fn poll(&self, prefix: &str, after: Option<u64>) -> Result<Snapshot> {
         if after.is_some() {
             tokio::select! {
-                _ = self.wake.notified() => {
-                    // Let a burst of writes land before scanning.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.store.inner.rescan) => {}
             }
         }
         let p = prefix.to_string();
-        let mut snap = self.store.blocking(move |i| i.scan_consistent(&p)).await?;
+        let cache = self
+            .last
+            .lock()
+            .expect("dir watch state")
+            .as_ref()
+            .map(|(e, _)| e.clone());
+        let mut snap = self
+            .store
+            .blocking(move |i| i.scan_consistent(&p, cache.as_ref()))
+            .await?;
         let mut last = self.last.lock().expect("dir watch state");
         match &*last {
             Some((entries, pos)) if *entries == snap.entries => snap.position = *pos,
@@ -569,7 +594,8 @@ impl Store for DirStore {
 
     async fn list(&self, prefix: &str) -> Result<Snapshot> {
         let prefix = prefix.to_string();
-        self.blocking(move |i| i.scan_consistent(&prefix)).await
+        self.blocking(move |i| i.scan_consistent(&prefix, None))
+            .await
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<Version> {
@@ -636,12 +662,19 @@ impl Store for DirStore {
             dir.pop();
         }
         let w = wake.clone();
-        let watcher =
-            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| w.notify_one())
-                .and_then(|mut watcher| {
-                    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
-                    Ok(watcher)
-                });
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Session renewals and the clock live under `.cntnr/`: they
+            // are not keys and must not wake watchers.
+            let ours = matches!(&res, Ok(ev) if !ev.paths.is_empty()
+                    && ev.paths.iter().all(|p| p.components().any(|c| c.as_os_str() == ".cntnr")));
+            if !ours {
+                w.notify_one();
+            }
+        })
+        .and_then(|mut watcher| {
+            watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+            Ok(watcher)
+        });
         let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
@@ -875,10 +908,7 @@ impl Store for DirStore {
     }
 
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {
-        let events = self.watch(
-            &registry::service_prefix(&self.inner.registry_prefix, name),
-            WatchFrom::Start,
-        );
-        registry::service_stream(events, passing_only, Duration::from_secs(1))
+        let prefix = registry::service_prefix(&self.inner.registry_prefix, name);
+        registry::service_stream(self.clone(), prefix, passing_only, Duration::from_secs(1))
     }
 }

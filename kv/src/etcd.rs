@@ -723,10 +723,7 @@ impl Store for EtcdStore {
     }
 
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {
-        let events = self.watch(
-            &registry::service_prefix(&self.registry_prefix, name),
-            WatchFrom::Start,
-        );
-        registry::service_stream(events, passing_only, Duration::from_secs(1))
+        let prefix = registry::service_prefix(&self.registry_prefix, name);
+        registry::service_stream(self.clone(), prefix, passing_only, Duration::from_secs(1))
     }
 }

@@ -8,8 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Health, Registration, ServiceInstance, ServiceStream, Snapshot, WatchStream};
-use crate::watch::spawn_stream;
+use crate::store::{
+    Health, Registration, ServiceInstance, ServiceStream, Snapshot, Store, WatchFrom,
+};
+use crate::watch::{spawn_stream, watch_backoff};
 use crate::{Error, Result};
 
 /// The stored record.
@@ -131,21 +133,38 @@ pub(crate) fn instances(snap: &Snapshot, passing_only: bool) -> Vec<ServiceInsta
     out
 }
 
-/// Turns a watch of a service prefix (started with `WatchFrom::Start`) into
-/// full instance lists: one after the initial listing, then one per change,
-/// and one whenever a check TTL running out changes the health (re-evaluated
-/// every `tick`).
-pub(crate) fn service_stream(
-    mut events: WatchStream,
+/// Follows a service prefix as full instance lists: lists it first (the
+/// first item is the current list, possibly empty), then watches from that
+/// snapshot and yields a new list on every change, and whenever a check TTL
+/// running out changes the health (re-evaluated every `tick`).
+pub(crate) fn service_stream<S: Store + Clone + 'static>(
+    store: S,
+    prefix: String,
     passing_only: bool,
     tick: Duration,
 ) -> ServiceStream {
     spawn_stream(move |tx| async move {
-        let mut snap = Snapshot::default();
-        let mut last: Option<Vec<ServiceInstance>> = None;
+        let mut backoff = watch_backoff();
+        let mut snap = loop {
+            match store.list(&prefix).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(%prefix, error = %e, ?delay, "listing service failed; retrying");
+                    if !e.is_retryable() && tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        let mut events = store.watch(&prefix, WatchFrom::Snapshot(snap.clone()));
+        let mut last = instances(&snap, passing_only);
+        if tx.send(Ok(last.clone())).await.is_err() {
+            return;
+        }
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut started = false;
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
@@ -156,28 +175,20 @@ pub(crate) fn service_stream(
                     }
                     Some(Ok(ev)) => {
                         snap.apply(&ev);
-                        // Drain what is already there, so the initial listing
-                        // yields one list, not one per instance.
+                        // Apply what is already there: one list per burst.
                         while let Some(Some(next)) = events.next().now_or_never() {
                             match next {
                                 Ok(ev) => snap.apply(&ev),
                                 Err(e) => { if tx.send(Err(e)).await.is_err() { return; } }
                             }
                         }
-                        started = true;
                     }
                 },
-                _ = ticker.tick() => {
-                    if !started {
-                        // An empty service yields no events: the first tick
-                        // reports the (empty) list.
-                        started = true;
-                    }
-                }
+                _ = ticker.tick() => {}
             }
             let now = instances(&snap, passing_only);
-            if last.as_ref() != Some(&now) {
-                last = Some(now.clone());
+            if now != last {
+                last = now.clone();
                 if tx.send(Ok(now)).await.is_err() {
                     return;
                 }

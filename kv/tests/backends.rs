@@ -394,3 +394,59 @@ async fn dir_crashed_session_reaped_and_hand_written_files_seen() {
     // No temp files are ever visible as keys.
     assert_eq!(store.list("cntnr/").await.unwrap().entries.len(), 1);
 }
+
+/// A Consul whose index goes backwards (a dev agent restarted with its data
+/// lost): the watch notices, re-lists, and reports the lost keys as deletes
+/// and the new ones as puts — nothing is silently kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_index_reset_relists_and_reports_deletes() {
+    let mut consul = tokio::task::spawn_blocking(cntnr_e2e::Consul::start_dev)
+        .await
+        .unwrap();
+    let store = open(&consul.store_url(), &opts()).await.unwrap();
+    // Push the index well above where a fresh agent starts.
+    for i in 0..150 {
+        store.put(&format!("other/{i}"), b"x").await.unwrap();
+    }
+    store.put("reset/a", b"1").await.unwrap();
+    store.put("reset/b", b"1").await.unwrap();
+    let mut w = store.watch("reset/", WatchFrom::Start);
+    let first = collect(&mut w, Duration::from_secs(5), |e| e.len() >= 2).await;
+    assert_eq!(first.len(), 2);
+    let before = first.iter().map(|e| e.position).max().unwrap();
+
+    tokio::task::block_in_place(|| consul.restart());
+    // The writer's connection may need a moment after the restart.
+    let put_c = async {
+        loop {
+            match store.put("reset/c", b"1").await {
+                Ok(v) => return v,
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let vc = timeout(Duration::from_secs(20), put_c).await.unwrap();
+    assert!(
+        vc < before,
+        "the test needs the index to go backwards ({vc} vs {before})"
+    );
+    let evs = collect(&mut w, Duration::from_secs(30), |e| e.len() >= 3).await;
+    let got: BTreeSet<_> = evs.iter().map(|e| (e.kind, e.key.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            (EventKind::Delete, "reset/a".to_string()),
+            (EventKind::Delete, "reset/b".to_string()),
+            (EventKind::Put, "reset/c".to_string()),
+        ]
+        .into(),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter()
+            .filter(|e| e.kind == EventKind::Delete)
+            .all(|e| e.synthetic),
+        "deletes found by the relist are marked synthetic: {evs:?}"
+    );
+}
