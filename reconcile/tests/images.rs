@@ -366,3 +366,102 @@ fn image_built_by_umoci_imports_and_unpacks() {
     let cfg = s.image_config(&rec).unwrap().config.unwrap();
     assert_eq!(cfg.entrypoint.unwrap(), vec!["/bin/busybox"]);
 }
+
+#[test]
+fn devices_xattrs_and_hardlinks_unpack_as_root_and_devices_skip_rootless() {
+    let layer = tar_bytes(&[
+        Entry::Dir("dev", 0o755),
+        Entry::CharDev("dev/null", 1, 3),
+        Entry::Pax(vec![("SCHILY.xattr.user.cntnr", b"tagged")]),
+        file("tagged", "x"),
+        file("orig", "same inode"),
+        Entry::Hardlink("link", "orig"),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = tmp.path().join("l.tar");
+    fs::write(&blob, &layer).unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let rootful = is_root();
+    unpack_layer(
+        &blob,
+        None,
+        None,
+        &root,
+        UnpackOptions {
+            mode: Mode::Overlay,
+            rootless: !rootful,
+        },
+    )
+    .unwrap();
+    let dev = fs::symlink_metadata(root.join("dev/null"));
+    if rootful {
+        let dev = dev.unwrap();
+        assert!(dev.file_type().is_char_device());
+        assert_eq!(dev.rdev(), rustix::fs::makedev(1, 3));
+    } else {
+        assert!(dev.is_err(), "devices are skipped rootless");
+    }
+    let mut buf = [0u8; 16];
+    match rustix::fs::lgetxattr(root.join("tagged"), "user.cntnr", &mut buf) {
+        Ok(n) => assert_eq!(&buf[..n], b"tagged"),
+        Err(rustix::io::Errno::OPNOTSUPP) => eprintln!("filesystem without user xattrs"),
+        Err(e) => panic!("xattr: {e}"),
+    }
+    assert_eq!(
+        fs::metadata(root.join("link")).unwrap().ino(),
+        fs::metadata(root.join("orig")).unwrap().ino()
+    );
+    // The diff id is the digest of the uncompressed tar; a wrong one is refused.
+    let wrong = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        .parse()
+        .unwrap();
+    let root2 = tmp.path().join("root2");
+    fs::create_dir(&root2).unwrap();
+    let err = unpack_layer(
+        &blob,
+        None,
+        Some(&wrong),
+        &root2,
+        UnpackOptions {
+            mode: Mode::Apply,
+            rootless: true,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("diff_id mismatch"), "{err}");
+}
+
+#[test]
+fn index_in_layout_selects_the_host_platform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut b = LayoutBuilder::new(&layout);
+    let amd64 = b.image(
+        "single",
+        &[busybox_layer()],
+        Compression::Gzip,
+        default_config(),
+    );
+    let arm_manifest = b.blob(b"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"sha256:0000000000000000000000000000000000000000000000000000000000000000\",\"size\":0},\"layers\":[]}");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_manifest, "size": 1, "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64, "size": 1, "platform": {"architecture": "amd64", "os": "linux"}},
+        ]
+    });
+    let ib = serde_json::to_vec(&index).unwrap();
+    let id = b.blob(&ib);
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": ib.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}
+    ]});
+    fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let s = store(tmp.path());
+    let rec = s
+        .import(&format!("oci:{}:multi", layout.display()))
+        .unwrap();
+    assert_eq!(rec.manifest.to_string(), amd64);
+    assert_eq!(rec.index.as_ref().map(ToString::to_string), Some(id));
+}

@@ -22,6 +22,10 @@ pub enum Entry {
     Hardlink(&'static str, &'static str),
     /// A file whose raw tar name is written verbatim (for `../` attacks).
     RawFile(&'static str, &'static [u8]),
+    /// A character device (major, minor).
+    CharDev(&'static str, u32, u32),
+    /// PAX extended header records applying to the next entry.
+    Pax(Vec<(&'static str, &'static [u8])>),
 }
 
 pub fn file(path: &str, content: &str) -> Entry {
@@ -59,6 +63,32 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
                 h.set_mode(0o644);
                 h.set_size(0);
                 b.append_link(&mut h, p, target).unwrap();
+            }
+            Entry::CharDev(p, major, minor) => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_mode(0o666);
+                h.set_size(0);
+                h.set_device_major(*major).unwrap();
+                h.set_device_minor(*minor).unwrap();
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Entry::Pax(records) => {
+                let mut data = Vec::new();
+                for (k, v) in records {
+                    let body_len = k.len() + v.len() + 3; // ' ', '=', '\n'
+                    let mut len = body_len + 1;
+                    while len != body_len + len.to_string().len() {
+                        len = body_len + len.to_string().len();
+                    }
+                    data.extend_from_slice(format!("{len} {k}=").as_bytes());
+                    data.extend_from_slice(v);
+                    data.push(b'\n');
+                }
+                h.set_entry_type(tar::EntryType::XHeader);
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, "PaxHeaders/x", data.as_slice())
+                    .unwrap();
             }
             Entry::RawFile(raw, data) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -206,6 +236,8 @@ fn clone_entry(e: &Entry) -> Entry {
         Entry::Symlink(p, t) => Entry::Symlink(p, t.clone()),
         Entry::Hardlink(p, t) => Entry::Hardlink(p, t),
         Entry::RawFile(p, d) => Entry::RawFile(p, d),
+        Entry::CharDev(p, a, b) => Entry::CharDev(p, *a, *b),
+        Entry::Pax(r) => Entry::Pax(r.clone()),
     }
 }
 
