@@ -32,7 +32,7 @@ pub struct ExitRecord {
     pub code: i32,
 }
 
-/// Runs the shim with its command line (without argv[0]). Returns the process exit code.
+/// Runs the shim with its command line (without `argv[0]`). Returns the process exit code.
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
     match run(args) {
         Ok(()) => 0,

@@ -258,7 +258,9 @@ pub struct Bundle {
 
 /// Builds the bundle for `req` from the stored image `image`: rootfs
 /// (overlay or copy), generated `/etc` files, `config.json`. A leftover
-/// bundle of the same id is removed first, so this is safe to re-run.
+/// bundle of the same id is removed first, so this is safe to re-run — but
+/// only once no container of that id exists any more (delete it first: its
+/// rootfs would be unmounted under it).
 pub fn build(
     cfg: &BundleConfig,
     store: &ImageStore,

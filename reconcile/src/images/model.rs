@@ -157,7 +157,7 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-/// Picks the linux/<host arch> manifest from an index.
+/// Picks the linux/`<host arch>` manifest from an index.
 pub fn select_platform(index: &Index) -> Option<&Descriptor> {
     let arch = host_arch();
     index.manifests.iter().find(|d| {

@@ -3,7 +3,7 @@
 //! `busybox` means `docker.io/library/busybox:latest` (oci-client's reference
 //! parser applies docker's normalization). The tag is resolved to a manifest
 //! digest by fetching the manifest and hashing the bytes ourselves; an index
-//! yields the linux/<host arch> manifest. Only registries listed in
+//! yields the linux/`<host arch>` manifest. Only registries listed in
 //! [`StoreOptions::insecure_registries`](super::StoreOptions) are reached over
 //! plain HTTP.
 

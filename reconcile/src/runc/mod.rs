@@ -1,4 +1,4 @@
-//! The runc driver: [`Runtime`](crate::runtime::Runtime) implemented by running
+//! The runc driver: [`Runtime`] implemented by running
 //! the `runc` binary, one file per verb. Every call has a timeout; every
 //! failure carries runc's stderr and the container id. Mutating verbs first
 //! check the container's annotations and refuse foreign containers.
