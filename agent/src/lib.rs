@@ -1,5 +1,8 @@
 //! cntnr-agent: the wiring of the `cntnr-agent` daemon (watch loops, leader
-//! election, health checks, registration, env sync, status, HTTP API) and the
-//! `cntnr` operator CLI.
+//! election, status, HTTP API; the runtime side comes with the reconcile
+//! crate) and the `cntnr` operator CLI.
 
 pub mod cli;
+pub mod daemon;
+pub mod store;
+pub mod table;

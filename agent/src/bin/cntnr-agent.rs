@@ -1,6 +1,5 @@
-//! `cntnr-agent`: one per host. Not implemented yet (the agent issue).
+//! `cntnr-agent`: one per host (see `cntnr_agent::daemon`).
 
-fn main() {
-    eprintln!("cntnr-agent: the agent is not implemented yet; `cntnr validate` works today");
-    std::process::exit(1);
+fn main() -> std::process::ExitCode {
+    cntnr_agent::daemon::main()
 }

@@ -9,7 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cntnr_kv::DynStore;
 
+use crate::store::{ConnectArgs, StoreConfig};
+
+pub mod config;
+pub mod deploy;
+pub mod ls;
+pub mod nodes;
+pub mod ps;
+pub mod rm;
+pub mod services;
 pub mod validate;
 
 /// `cntnr`: run Docker Compose projects on a fleet of hosts.
@@ -30,6 +40,9 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// TLS files and credentials.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -41,13 +54,128 @@ pub enum Command {
     /// Parse, interpolate, merge and validate compose files; print the
     /// normalized project, or every error, one a line.
     Validate(validate::ValidateArgs),
+    /// Validate, interpolate, merge and write a project to the store; the
+    /// agents do the rest.
+    Deploy(deploy::DeployArgs),
+    /// Remove a project from the store; the agents stop its containers.
+    Rm(rm::RmArgs),
+    /// List deployed projects, with a status summary.
+    Ls,
+    /// Every container on every node, from the status the agents report.
+    Ps(ps::PsArgs),
+    /// Live nodes (agents) and the leader.
+    Nodes,
+    /// Registered service instances.
+    Services(services::ServicesArgs),
+    /// Values a project's containers read through `cntnr.env.*: kv:KEY`.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
+
+/// How long the CLI waits for an unreachable store before giving up.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Parses the process arguments and runs the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Validate(args) = &cli.command {
+        return validate::run(&cli, args);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("starting the async runtime: {e}")),
+    };
+    match rt.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints a user error as one line and returns exit code 1.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " "));
+    ExitCode::FAILURE
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let ctx = Ctx::open(cli).await?;
     match &cli.command {
-        Command::Validate(args) => validate::run(&cli, args),
+        Command::Validate(_) => unreachable!("validate needs no store and returned above"),
+        Command::Deploy(a) => deploy::run(&ctx, a).await,
+        Command::Rm(a) => rm::run(&ctx, a).await,
+        Command::Ls => ls::run(&ctx).await,
+        Command::Ps(a) => ps::run(&ctx, a).await,
+        Command::Nodes => nodes::run(&ctx).await,
+        Command::Services(a) => services::run(&ctx, a).await,
+        Command::Config(c) => config::run(&ctx, c).await,
+    }
+}
+
+/// What every store-backed subcommand gets: the open store, its config and
+/// the output mode.
+pub struct Ctx {
+    /// The open store.
+    pub store: DynStore,
+    /// URL, prefix and options it was opened with.
+    pub config: StoreConfig,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Ctx {
+    async fn open(cli: &Cli) -> anyhow::Result<Ctx> {
+        let config = StoreConfig::resolve(
+            cli.store.as_deref(),
+            &cli.prefix,
+            cli.state_dir.as_deref(),
+            &cli.connect,
+        )?;
+        let store = config.connect(Some(CONNECT_TIMEOUT)).await?;
+        Ok(Ctx {
+            store,
+            config,
+            json: cli.json,
+        })
+    }
+
+    /// The full key of `key` under the prefix.
+    pub fn key(&self, key: &cntnr_model::StoreKey) -> String {
+        key.render(&self.config.prefix)
+    }
+
+    /// Prints `value` as pretty JSON.
+    pub fn print_json(&self, value: &serde_json::Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+    }
+}
+
+/// Parses a project name given on the command line.
+pub fn project_name(s: &str) -> anyhow::Result<cntnr_model::ProjectName> {
+    cntnr_model::ProjectName::new(s).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `5s`, `3m`, `2h`, `4d`: how long ago `then` (Unix seconds) was.
+pub fn age(then: u64) -> String {
+    let s = now_secs().saturating_sub(then);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
     }
 }
 
@@ -76,7 +204,9 @@ mod tests {
         for cli in [before, after] {
             assert!(cli.json);
             assert_eq!(cli.prefix, "x");
-            let Command::Validate(v) = cli.command;
+            let Command::Validate(v) = cli.command else {
+                panic!("not validate")
+            };
             assert_eq!(v.files, vec![PathBuf::from("a.yaml")]);
         }
     }
@@ -87,7 +217,9 @@ mod tests {
             "cntnr", "validate", "-f", "a.yaml", "-f", "b.yaml", "-p", "shop",
         ])
         .unwrap();
-        let Command::Validate(v) = cli.command;
+        let Command::Validate(v) = cli.command else {
+            panic!("not validate")
+        };
         assert_eq!(v.files.len(), 2);
         assert_eq!(v.project_name.as_deref(), Some("shop"));
         assert!(

@@ -1,0 +1,132 @@
+//! Prometheus metrics of the agent (`/metrics`, OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels naming a store operation (`list`, `watch`, `put_bound`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The operation.
+    pub op: String,
+}
+
+/// Labels naming a watched prefix (`projects`, `schedule`, `leader`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The prefix, relative to the store prefix.
+    pub watch: String,
+}
+
+/// Labels naming a project state (`valid`, `invalid`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    store_errors: Family<OpLabels, Counter>,
+    watch_events: Family<WatchLabels, Counter>,
+    projects: Family<StateLabels, Gauge>,
+    leader: Gauge,
+    sessions: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("cntnr");
+        let store_errors = Family::<OpLabels, Counter>::default();
+        let watch_events = Family::<WatchLabels, Counter>::default();
+        let projects = Family::<StateLabels, Gauge>::default();
+        let leader = Gauge::default();
+        let sessions = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failed store operations, by operation",
+            store_errors.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Watch events received, by watched prefix",
+            watch_events.clone(),
+        );
+        registry.register(
+            "projects",
+            "Projects in the desired state, by state (valid, invalid)",
+            projects.clone(),
+        );
+        registry.register("leader", "1 while this agent is the leader", leader.clone());
+        registry.register(
+            "sessions",
+            "Store sessions created (more than one: the session was lost or credentials reloaded)",
+            sessions.clone(),
+        );
+        Metrics {
+            registry,
+            store_errors,
+            watch_events,
+            projects,
+            leader,
+            sessions,
+        }
+    }
+
+    /// Counts a failed store operation.
+    pub fn store_error(&self, op: &str) {
+        self.store_errors
+            .get_or_create(&OpLabels { op: op.to_string() })
+            .inc();
+    }
+
+    /// Counts a watch event.
+    pub fn watch_event(&self, watch: &str) {
+        self.watch_events
+            .get_or_create(&WatchLabels {
+                watch: watch.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of valid and invalid projects.
+    pub fn set_projects(&self, valid: usize, invalid: usize) {
+        for (state, n) in [("valid", valid), ("invalid", invalid)] {
+            self.projects
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(n as i64);
+        }
+    }
+
+    /// Sets whether this agent leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Counts a created session.
+    pub fn session_created(&self) {
+        self.sessions.inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
