@@ -185,3 +185,109 @@ async fn keepalive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    /// Scripted renewals: pure logic of the keepalive loop, in paused time.
+    struct Script {
+        answers: Mutex<Vec<Result<bool>>>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SessionOps for Script {
+        async fn renew(&self, _id: &str) -> Result<bool> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut a = self.answers.lock().unwrap();
+            if a.is_empty() {
+                Ok(true)
+            } else {
+                a.remove(0)
+            }
+        }
+        async fn revoke(&self, _id: &str) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn script(answers: Vec<Result<bool>>) -> Arc<Script> {
+        Arc::new(Script {
+            answers: Mutex::new(answers),
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn unavailable() -> Result<bool> {
+        Err(crate::Error::Unavailable {
+            op: "renew".into(),
+            message: "down".into(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_keep_it_alive() {
+        let ops = script(vec![]);
+        let s = Session::start("s".into(), Duration::from_secs(9), ops.clone());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!s.is_lost());
+        assert!(ops.calls.load(Ordering::SeqCst) >= 19, "renews every TTL/3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_says_gone_means_lost_at_once() {
+        let s = Session::start("s".into(), Duration::from_secs(9), script(vec![Ok(false)]));
+        let t = Instant::now();
+        s.lost().await;
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_secs(3),
+            "lost at the first renewal"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_lose_it_after_one_ttl() {
+        let s = Session::start(
+            "s".into(),
+            Duration::from_secs(9),
+            script((0..100).map(|_| unavailable()).collect()),
+        );
+        let t = Instant::now();
+        s.lost().await;
+        assert_eq!(t.elapsed(), Duration::from_secs(9));
+        assert!(matches!(
+            s.ensure_alive(),
+            Err(crate::Error::SessionLost { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_failure_is_retried_before_the_ttl() {
+        let s = Session::start(
+            "s".into(),
+            Duration::from_secs(9),
+            script(vec![unavailable(), unavailable()]),
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!s.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frozen_keepalive_is_lost_after_ttl() {
+        let ops = script(vec![]);
+        let s = Session::start("s".into(), Duration::from_secs(9), ops.clone());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        s.freeze_keepalive(true);
+        let calls = ops.calls.load(Ordering::SeqCst);
+        s.lost().await;
+        assert_eq!(
+            ops.calls.load(Ordering::SeqCst),
+            calls,
+            "no renewals while frozen"
+        );
+    }
+}

@@ -269,3 +269,130 @@ mod tests {
         check_key("cntnr/projects/shop").unwrap();
     }
 }
+
+#[cfg(test)]
+mod machine_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Scripted poll results: the level watcher's state machine in paused time.
+    struct Script(Mutex<Vec<Result<Snapshot>>>);
+
+    #[async_trait]
+    impl LevelSource for Script {
+        async fn poll(&self, _prefix: &str, _after: Option<u64>) -> Result<Snapshot> {
+            let next = self.0.lock().unwrap().pop();
+            match next {
+                Some(r) => r,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn snap(entries: &[(&str, &str, u64)], position: u64) -> Snapshot {
+        Snapshot {
+            entries: entries
+                .iter()
+                .map(|(k, v, ver)| {
+                    (
+                        k.to_string(),
+                        Entry {
+                            key: k.to_string(),
+                            value: v.as_bytes().to_vec(),
+                            version: *ver,
+                        },
+                    )
+                })
+                .collect(),
+            position,
+        }
+    }
+
+    async fn run(mut script: Vec<Result<Snapshot>>, from: WatchFrom, n: usize) -> Vec<WatchEvent> {
+        script.reverse();
+        let mut w = level_watch(Script(Mutex::new(script)), "p/".into(), from);
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout(Duration::from_secs(120), w.next()).await {
+                Ok(Some(Ok(ev))) => out.push(ev),
+                Ok(Some(Err(_))) => {}
+                _ => break,
+            }
+        }
+        // Nothing more comes.
+        assert!(tokio::time::timeout(Duration::from_secs(60), w.next())
+            .await
+            .is_err());
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lists_then_diffs_and_ignores_spurious_wakeups() {
+        let evs = run(
+            vec![
+                Ok(snap(&[("p/a", "1", 5)], 5)),
+                Ok(snap(&[("p/a", "1", 5)], 5)), // spurious: same index
+                Ok(snap(&[("p/a", "2", 7)], 7)),
+            ],
+            WatchFrom::Start,
+            2,
+        )
+        .await;
+        let got: Vec<_> = evs
+            .iter()
+            .map(|e| (e.kind, e.value.clone(), e.version, e.synthetic))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (EventKind::Put, b"1".to_vec(), 5, true),
+                (EventKind::Put, b"2".to_vec(), 7, false)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_back_off_and_resume_without_repeats() {
+        let down = || {
+            Err(Error::Unavailable {
+                op: "poll".into(),
+                message: "down".into(),
+            })
+        };
+        let evs = run(
+            vec![
+                Ok(snap(&[("p/a", "1", 5)], 5)),
+                down(),
+                down(),
+                down(),
+                Ok(snap(&[("p/a", "1", 5), ("p/b", "1", 9)], 9)),
+            ],
+            WatchFrom::Start,
+            2,
+        )
+        .await;
+        let keys: Vec<_> = evs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, vec!["p/a", "p/b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn index_going_backwards_relists_and_reports_deletes() {
+        let evs = run(
+            vec![Ok(snap(&[("p/a", "1", 3)], 4))],
+            WatchFrom::Snapshot(snap(&[("p/a", "1", 50), ("p/b", "1", 60)], 100)),
+            2,
+        )
+        .await;
+        let got: Vec<_> = evs
+            .iter()
+            .map(|e| (e.kind, e.key.as_str(), e.synthetic))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (EventKind::Put, "p/a", true),
+                (EventKind::Delete, "p/b", true)
+            ]
+        );
+    }
+}
