@@ -18,20 +18,30 @@ use cntnr_model::Prefix;
 #[derive(Debug, Clone, Default, Args)]
 pub struct ConnectArgs {
     /// CA bundle (PEM) for etcd+https:// and consul+https:// stores.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long = "ca", id = "connect_ca", global = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long = "cert", id = "connect_cert", global = true, value_name = "FILE")]
     pub cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long = "key", id = "connect_key", global = true, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// File holding the Consul ACL token (wins over CONSUL_HTTP_TOKEN);
     /// re-read by the agent on SIGHUP.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long = "consul-token-file",
+        id = "connect_consul_token_file",
+        global = true,
+        value_name = "FILE"
+    )]
     pub consul_token_file: Option<PathBuf>,
     /// etcd user; the password comes from ETCD_PASSWORD.
-    #[arg(long, global = true, value_name = "USER")]
+    #[arg(
+        long = "etcd-user",
+        id = "connect_etcd_user",
+        global = true,
+        value_name = "USER"
+    )]
     pub etcd_user: Option<String>,
 }
 

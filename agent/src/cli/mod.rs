@@ -212,6 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_key_flag_does_not_clash_with_the_config_key_argument() {
+        let cli = Cli::try_parse_from([
+            "cntnr",
+            "config",
+            "get",
+            "shop",
+            "db/url",
+            "--key",
+            "/tls/key.pem",
+        ])
+        .unwrap();
+        assert_eq!(cli.connect.key, Some(PathBuf::from("/tls/key.pem")));
+        let Command::Config(config::ConfigCommand::Get { key, .. }) = cli.command else {
+            panic!("not config get")
+        };
+        assert_eq!(key, "db/url");
+    }
+
+    #[test]
     fn several_files_and_a_project_name() {
         let cli = Cli::try_parse_from([
             "cntnr", "validate", "-f", "a.yaml", "-f", "b.yaml", "-p", "shop",
