@@ -29,6 +29,8 @@ SYSTEM_PACKAGES=(
   docker-registry
   skopeo
   umoci
+  tini
+  uidmap
   iproute2
   iptables
   curl
