@@ -13,11 +13,132 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-struct TestUser(String);
+/// Serializes user management: useradd/usermod/userdel lock /etc/passwd and
+/// /etc/subuid and fail, rather than wait, when another holds the lock.
+static USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A user the test created, with its subordinate ranges; removed on drop
+/// (ranges first, then the user), and any line of it left in /etc/subuid or
+/// /etc/subgid is dropped too.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+    /// `(start, count)` added to /etc/subuid and /etc/subgid.
+    subids: Option<(u32, u32)>,
+}
+
+impl TestUser {
+    fn create(name: &str, subids: bool) -> Self {
+        let _lock = USERS.lock().unwrap_or_else(|e| e.into_inner());
+        // No automatic subordinate ranges (login.defs may allocate them).
+        run(Command::new("useradd").args([
+            "-M",
+            "-s",
+            "/usr/sbin/nologin",
+            "-K",
+            "SUB_UID_COUNT=0",
+            "-K",
+            "SUB_GID_COUNT=0",
+            name,
+        ]));
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id").args([flag, name]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        let mut user = TestUser {
+            name: name.to_string(),
+            uid: id("-u"),
+            gid: id("-g"),
+            subids: None,
+        };
+        if subids {
+            let (start, count) = (free_subid_start(), 65536);
+            let range = format!("{start}-{}", start + count - 1);
+            user.subids = Some((start, count));
+            run(Command::new("usermod").args([
+                "--add-subuids",
+                &range,
+                "--add-subgids",
+                &range,
+                name,
+            ]));
+        }
+        user
+    }
+}
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.0).output();
+        let _lock = USERS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((start, count)) = self.subids {
+            let range = format!("{start}-{}", start + count - 1);
+            let _ = Command::new("usermod")
+                .args(["--del-subuids", &range, "--del-subgids", &range, &self.name])
+                .output();
+        }
+        let _ = Command::new("userdel").arg(&self.name).output();
+        let prefix = format!("{}:", self.name);
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if text.lines().any(|l| l.starts_with(&prefix)) {
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| !l.starts_with(&prefix))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let _ = std::fs::write(file, kept);
+                }
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A start above every range in /etc/subuid and /etc/subgid.
+fn free_subid_start() -> u32 {
+    let mut end = 100_000u64;
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        for l in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if let [_, s, c] = f[..] {
+                if let (Ok(s), Ok(c)) = (s.parse::<u64>(), c.parse::<u64>()) {
+                    end = end.max(s + c);
+                }
+            }
+        }
+    }
+    u32::try_from(end.next_multiple_of(65536)).expect("subordinate ids exhausted")
+}
+
+/// Force-deletes every container left under a runc root (as root), even if
+/// the unprivileged helper panicked before its own cleanup.
+struct RuncRootGuard(PathBuf);
+
+impl Drop for RuncRootGuard {
+    fn drop(&mut self) {
+        let ids = Command::new("runc")
+            .arg("--root")
+            .arg(&self.0)
+            .args(["list", "-q"])
+            .output();
+        if let Ok(out) = ids {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&self.0)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
     }
 }
 
@@ -30,35 +151,17 @@ fn chown_r(path: &Path, uid: u32, gid: u32) {
     }
 }
 
-#[test]
-fn rootless_run_as_an_unprivileged_user() {
-    if !is_root() {
-        eprintln!("needs root to create the test user; the helper below is the rootless part");
-        return;
-    }
-    let name = format!("cntnrrl{}", std::process::id());
-    let out = Command::new("useradd")
-        .args(["-M", "-s", "/usr/sbin/nologin", &name])
-        .output()
-        .expect("useradd");
-    assert!(
-        out.status.success(),
-        "useradd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _user = TestUser(name.clone());
-    let id = |flag: &str| -> u32 {
-        let o = Command::new("id").args([flag, &name]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-    };
-    let (uid, gid) = (id("-u"), id("-g"));
+/// Runs `helper_rootless_container` as `user` (no supplementary groups),
+/// with `env` added; returns its output.
+fn run_helper_as(user: &TestUser, env: &[(&str, String)]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     busybox_image(&tmp.path().join("layout"));
-    chown_r(tmp.path(), uid, gid);
+    chown_r(tmp.path(), user.uid, user.gid);
+    let _containers = RuncRootGuard(tmp.path().join("runc-root"));
     let out = Command::new("setpriv")
         .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
+            &format!("--reuid={}", user.uid),
+            &format!("--regid={}", user.gid),
             "--clear-groups",
             "--",
         ])
@@ -70,6 +173,7 @@ fn rootless_run_as_an_unprivileged_user() {
             "--test-threads=1",
         ])
         .env("CNTNR_ROOTLESS_DIR", tmp.path())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("HOME", tmp.path())
         .env("XDG_RUNTIME_DIR", tmp.path())
         .output()
@@ -81,10 +185,51 @@ fn rootless_run_as_an_unprivileged_user() {
     );
     assert!(out.status.success(), "rootless helper failed:\n{all}");
     assert!(all.contains("ROOTLESS-OK"), "helper did not run:\n{all}");
+    all
 }
 
-/// Not a test of its own: the unprivileged half of
-/// `rootless_run_as_an_unprivileged_user` (runs only with `CNTNR_ROOTLESS_DIR`).
+#[test]
+fn rootless_run_as_an_unprivileged_user() {
+    if !is_root() {
+        eprintln!("needs root to create the test user; the helper below is the rootless part");
+        return;
+    }
+    let user = TestUser::create(&format!("cntnrrl{}", std::process::id()), false);
+    // Without subordinate ranges only root is mapped.
+    run_helper_as(&user, &[("CNTNR_ROOTLESS_MAPPINGS", "1".into())]);
+}
+
+#[test]
+fn rootless_with_subuid_range_runs_a_non_root_user() {
+    if !is_root() {
+        eprintln!("needs root to create the test user and its subuid range");
+        return;
+    }
+    for helper in ["newuidmap", "newgidmap"] {
+        assert!(
+            Path::new("/usr/bin").join(helper).exists(),
+            "Debian uidmap is a test dependency"
+        );
+    }
+    let user = TestUser::create(&format!("cntnrsu{}", std::process::id()), true);
+    let (start, _) = user.subids.unwrap();
+    // Container uid 1000 is the 1000th id of the range (container 1 = start).
+    let host = start + 999;
+    run_helper_as(
+        &user,
+        &[
+            ("CNTNR_ROOTLESS_MAPPINGS", "2".into()),
+            ("CNTNR_ROOTLESS_USER", "1000:1000".into()),
+            ("CNTNR_ROOTLESS_HOST_IDS", format!("{host}:{host}")),
+        ],
+    );
+}
+
+/// Not a test of its own: the unprivileged half of the tests above (runs only
+/// with `CNTNR_ROOTLESS_DIR`). `CNTNR_ROOTLESS_USER` is the container's
+/// `user:` (default root), `CNTNR_ROOTLESS_MAPPINGS` the number of uid/gid
+/// mappings expected, `CNTNR_ROOTLESS_HOST_IDS` the host `uid:gid` the
+/// container's process must have (default: ours).
 #[tokio::test]
 async fn helper_rootless_container() {
     let Some(dir) = std::env::var_os("CNTNR_ROOTLESS_DIR") else {
@@ -92,6 +237,25 @@ async fn helper_rootless_container() {
     };
     let dir = PathBuf::from(dir);
     assert!(!is_root());
+    let user = std::env::var("CNTNR_ROOTLESS_USER").ok();
+    let (want_uid, want_gid) = match &user {
+        Some(u) => {
+            let (a, b) = u.split_once(':').unwrap();
+            (a.to_string(), b.to_string())
+        }
+        None => ("0".into(), "0".into()),
+    };
+    let mappings: usize = std::env::var("CNTNR_ROOTLESS_MAPPINGS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host_ids = std::env::var("CNTNR_ROOTLESS_HOST_IDS").unwrap_or_else(|_| {
+        format!(
+            "{}:{}",
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw()
+        )
+    });
     let state = dir.join("state");
     let store = ImageStore::open(&state, StoreOptions::default()).unwrap();
     let image = store
@@ -107,10 +271,11 @@ async fn helper_rootless_container() {
         service: "web".into(),
         replica: 1,
         config_hash: "h".into(),
+        user: user.clone(),
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            "echo inside=$(id -u); touch /ok && echo writable; sleep 1000".into(),
+            "echo inside=$(id -u):$(id -g); touch /tmp/ok && echo writable; sleep 1000".into(),
         ]),
         limits: cntnr_reconcile::bundle::Limits {
             memory: Some(64 << 20),
@@ -119,10 +284,10 @@ async fn helper_rootless_container() {
         ..Default::default()
     };
     let b = bundle::build(&cfg, &store, &image, &req).unwrap();
-    assert!(
-        b.spec.linux().as_ref().unwrap().resources().is_none(),
-        "no cgroup limits rootless"
-    );
+    let linux = b.spec.linux().as_ref().unwrap();
+    assert!(linux.resources().is_none(), "no cgroup limits rootless");
+    assert_eq!(linux.uid_mappings().as_ref().unwrap().len(), mappings);
+    assert_eq!(linux.gid_mappings().as_ref().unwrap().len(), mappings);
     let run = runc.run(&b.id, &b.path).await;
     let cleanup = async {
         let _ = runc.stop(&b.id, Signal::KILL, Duration::from_secs(5)).await;
@@ -140,11 +305,28 @@ async fn helper_rootless_container() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // The host's view of the container's init: which real ids it runs as.
+    let host_view = match runc.state(&b.id).await {
+        Ok(Some(st)) => std::fs::read_to_string(format!("/proc/{}/status", st.pid))
+            .ok()
+            .map(|status| {
+                let field = |k: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .and_then(|v| v.split_whitespace().next())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                format!("{}:{}", field("Uid:"), field("Gid:"))
+            }),
+        _ => None,
+    };
     let exec = runc
         .exec(
             &b.id,
             &cntnr_reconcile::runtime::ExecRequest {
-                args: vec!["id".into(), "-u".into()],
+                args: vec!["id".into()],
                 env: vec![],
                 cwd: None,
                 timeout: Duration::from_secs(10),
@@ -153,12 +335,19 @@ async fn helper_rootless_container() {
         .await;
     let exit = runc.stop(&b.id, Signal::TERM, Duration::from_secs(2)).await;
     cleanup.await;
+    let inside = format!("inside={want_uid}:{want_gid}");
     assert!(
-        log.contains("inside=0") && log.contains("writable"),
-        "log: {log}"
+        log.contains(&inside) && log.contains("writable"),
+        "want {inside}, log: {log}"
     );
-    assert_eq!(exec.unwrap().stdout, b"0\n");
+    let id_out = String::from_utf8(exec.unwrap().stdout).unwrap();
+    assert!(
+        id_out.starts_with(&format!("uid={want_uid}("))
+            && id_out.contains(&format!(" gid={want_gid}(")),
+        "id in the container: {id_out}"
+    );
+    assert_eq!(host_view.as_deref(), Some(host_ids.as_str()), "host ids");
     assert!(exit.unwrap().is_some());
     assert!(!b.path.exists());
-    println!("ROOTLESS-OK");
+    println!("ROOTLESS-OK {id_out}");
 }

@@ -12,11 +12,20 @@
 //! created rootless at all; a copy works everywhere, at a cost proportional
 //! to image size, paid per container.
 //!
+//! Rootless user namespace: the agent's user is root; subordinate ranges from
+//! `/etc/subuid` / `/etc/subgid` are mapped too where configured, so a service
+//! can run as a non-root `user:` (see [`idmap`], also for its limits).
+//!
+//! `init: true`: the host's static tini ([`DEFAULT_INIT_BINARY`]) is
+//! bind-mounted read-only at [`INIT_PATH`] and prepended as `tini -- …`, as
+//! docker does; without it, such a request is refused with the reason.
+//!
 //! Input: [`ContainerRequest`], a flat description of one replica, built from
 //! the model's normalized `ServiceSpec` by [`ContainerRequest::from_service`].
 //! Networking is the CNI hook's: the agent passes it in `hooks`.
 
 mod from_service;
+pub mod idmap;
 mod rootfs;
 mod spec;
 pub mod user;
@@ -50,19 +59,35 @@ pub struct BundleConfig {
     pub policy: Policy,
     /// Rootless mode (euid != 0): user namespace, copied rootfs, no cgroup limits, host network.
     pub rootless: bool,
-    /// Host binary mounted at `/sbin/docker-init` for `init: true` (e.g. tini-static).
+    /// Rootless: the user namespace's id mappings (see [`idmap`]); `None`
+    /// maps only the agent's own uid/gid, to root.
+    pub rootless_ids: Option<idmap::RootlessIds>,
+    /// Host binary mounted read-only at [`INIT_PATH`] and run as the
+    /// container's PID 1 for `init: true`; it must be static (the image has
+    /// none of the host's libraries). Default: [`DEFAULT_INIT_BINARY`] if
+    /// installed.
     pub init_binary: Option<PathBuf>,
 }
 
+/// Where the init binary appears in a container (docker's path).
+pub const INIT_PATH: &str = "/sbin/docker-init";
+
+/// Debian `tini`'s statically linked tini.
+pub const DEFAULT_INIT_BINARY: &str = "/usr/bin/tini-static";
+
 impl BundleConfig {
-    /// Defaults for this process: rootless iff euid != 0.
+    /// Defaults for this process: rootless iff euid != 0, with the
+    /// subordinate id ranges [`idmap::RootlessIds::detect`] finds; the init
+    /// binary [`DEFAULT_INIT_BINARY`] if it exists.
     pub fn new(state_dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
+        let rootless = !rustix::process::geteuid().is_root();
         Self {
             state_dir: state_dir.into(),
             node: node.into(),
             policy: Policy::default(),
-            rootless: !rustix::process::geteuid().is_root(),
-            init_binary: None,
+            rootless,
+            rootless_ids: rootless.then(idmap::RootlessIds::detect),
+            init_binary: Some(PathBuf::from(DEFAULT_INIT_BINARY)).filter(|p| p.is_file()),
         }
     }
 

@@ -1,6 +1,7 @@
 //! `config.json` from the image config and the request, with docker's
 //! semantics, through oci-spec's builders.
 
+use super::idmap::RootlessIds;
 use super::user::{self, ResolvedUser};
 use super::{ioe, BundleConfig, BundleError, ContainerRequest, MountRequest, NetworkMode};
 use crate::images::model::ImageConfig;
@@ -237,21 +238,51 @@ pub(super) fn build(
         );
     }
 
+    // init: true, as docker does it: a static init (tini) bind-mounted
+    // read-only from the host runs as PID 1 and execs nothing itself; it
+    // forwards signals to the command, its child, and reaps orphans.
     let mut init_mount = None;
     if req.init {
         let bin = cfg.init_binary.clone().ok_or_else(|| {
-            invalid("init: true but this agent has no init binary configured".into())
+            invalid(format!(
+                "init: true but this agent has no init binary (install Debian's tini for {})",
+                super::DEFAULT_INIT_BINARY
+            ))
         })?;
-        init_mount = Some(bind(&bin, "/sbin/docker-init", true)?);
-        args = ["/sbin/docker-init".to_string(), "--".to_string()]
+        if !bin.is_file() {
+            return Err(invalid(format!(
+                "init: true but the init binary {} is missing",
+                bin.display()
+            )));
+        }
+        init_mount = Some(bind(&bin, super::INIT_PATH, true)?);
+        args = [super::INIT_PATH.to_string(), "--".to_string()]
             .into_iter()
             .chain(args)
             .collect();
     }
 
-    // In a user namespace (rootless) uid/gid are the container's view; the
-    // only mapped ids are 0 (us), so any other user cannot be mapped.
+    // In a user namespace (rootless) uid/gid are the container's view: only
+    // mapped ids can be used (0 = the agent's user, plus any subordinate
+    // range). runc refuses supplementary groups rootless (see `idmap`).
     let (uid, gid) = (user.uid, user.gid);
+    let rootless_ids = cfg.rootless.then(|| {
+        cfg.rootless_ids.clone().unwrap_or_else(|| {
+            RootlessIds::single(
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )
+        })
+    });
+    if let Some(ids) = &rootless_ids {
+        if !ids.maps_uid(uid) || !ids.maps_gid(gid) {
+            return Err(invalid(format!(
+                "user {uid}:{gid} is not mapped in this rootless agent's user namespace \
+                 (only 0 is, unless the agent's user has /etc/subuid and /etc/subgid \
+                 ranges and newuidmap/newgidmap are installed)"
+            )));
+        }
+    }
     let mut ubuilder = UserBuilder::default().uid(uid).gid(gid);
     if !user.additional_gids.is_empty() && !cfg.rootless {
         ubuilder = ubuilder.additional_gids(user.additional_gids.clone());
@@ -267,13 +298,20 @@ pub(super) fn build(
         .no_new_privileges(!req.privileged)
         .build()?;
 
-    let mut spec = if cfg.rootless {
-        Spec::rootless(
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        )
-    } else {
-        Spec::default()
+    let mut spec = match &rootless_ids {
+        Some(ids) => {
+            let mut spec = Spec::rootless(
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            );
+            let (uids, gids) = ids.oci()?;
+            if let Some(linux) = spec.linux_mut() {
+                linux.set_uid_mappings(Some(uids));
+                linux.set_gid_mappings(Some(gids));
+            }
+            spec
+        }
+        None => Spec::default(),
     };
     spec.set_process(Some(process));
     spec.set_root(Some(
