@@ -1,7 +1,8 @@
 //! Container start latency, side by side, for a busybox image:
 //! raw `runc create`+`start` of a prepared bundle; our full path (bundle
-//! build + create + start); `podman run -d` when podman is installed; and our
-//! path from a ~1 MB image versus a ~100 MB one.
+//! build + create + start); `podman run -d` of the same image when podman is
+//! installed; and our path from a ~1 MB image versus a ~100 MB one.
+//! `scripts/bench.sh` installs podman and configures it (runc, ulimits).
 //!
 //! `cargo bench -p cntnr-reconcile --bench runtime` (as root for overlayfs;
 //! rootless it measures the copy fallback). `CNTNR_BENCH_ITERS` sets the
@@ -52,6 +53,81 @@ fn big_layer() -> Vec<u8> {
         })
         .collect();
     tar_bytes(&[Entry::File("big.bin".into(), data, 0o644)])
+}
+
+/// `podman run -d` of the same busybox image, copied from an OCI layout into
+/// podman's storage with skopeo first (no registry), run with `--pull=never`.
+fn podman(w: &World, iters: usize) {
+    let quiet = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stderr).into_owned(),
+                )
+            })
+            .unwrap_or_else(|e| (false, e.to_string()))
+    };
+    let layout = w.tmp.path().join("layout-podman");
+    busybox_image(&layout);
+    let image = format!(
+        "localhost/cntnr-bench-busybox-{}:latest",
+        std::process::id()
+    );
+    let (ok, err) = quiet(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci:{}:busybox", layout.display()),
+        &format!("containers-storage:{image}"),
+    ]));
+    if !ok {
+        println!(
+            "podman: skopeo copy into containers-storage failed: {}",
+            err.trim()
+        );
+        return;
+    }
+    let runtime = Command::new("podman")
+        .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut pod = Vec::new();
+    for i in 0..=iters {
+        let name = format!("cntnr-bench-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let (ok, err) = quiet(Command::new("podman").args([
+            "run",
+            "-d",
+            "--pull=never",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            &image,
+            "sleep",
+            "1000",
+        ]));
+        let took = t.elapsed();
+        quiet(Command::new("podman").args(["rm", "-f", "-t", "0", &name]));
+        if !ok {
+            println!(
+                "podman run -d failed: {} (rlimits? scripts/bench.sh sets default_ulimits in its containers.conf)",
+                err.trim()
+            );
+            break;
+        }
+        if i > 0 {
+            pod.push(took); // the first run warms podman's caches
+        }
+    }
+    quiet(Command::new("podman").args(["rmi", "-f", &image]));
+    if !pod.is_empty() {
+        stats(&format!("podman run -d (runtime {runtime})"), &mut pod);
+    }
 }
 
 fn main() {
@@ -131,51 +207,8 @@ fn main() {
     let small_m = stats("cntnr: bundle build + create + start (~2 MB)", &mut small);
     let large_m = stats("cntnr: bundle build + create + start (~100 MB)", &mut large);
     match Command::new("podman").arg("--version").output() {
-        Ok(o) if o.status.success() => {
-            let image = format!(
-                "oci:{}:busybox",
-                w.tmp.path().join("layout-podman").display()
-            );
-            busybox_image(&w.tmp.path().join("layout-podman"));
-            let mut pod = Vec::new();
-            for i in 0..=iters {
-                let name = format!("cntnr-bench-{}-{i}", std::process::id());
-                let t = Instant::now();
-                let ok = Command::new("podman")
-                    .args([
-                        "run",
-                        "-d",
-                        "--name",
-                        &name,
-                        "--network",
-                        "none",
-                        &image,
-                        "sleep",
-                        "1000",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                let took = t.elapsed();
-                let _ = Command::new("podman")
-                    .args(["rm", "-f", "-t", "0", &name])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-                if !ok {
-                    println!("podman run -d failed (see `podman run` by hand; rlimits may need default_ulimits in containers.conf)");
-                    break;
-                }
-                if i > 0 {
-                    pod.push(took); // the first run includes the image copy
-                }
-            }
-            if !pod.is_empty() {
-                stats("podman run -d", &mut pod);
-            }
-        }
-        _ => println!("podman not installed"),
+        Ok(o) if o.status.success() => podman(&w, iters),
+        _ => println!("podman not installed (scripts/bench.sh installs it)"),
     }
     println!("{:-<110}", "");
     println!("cntnr / raw runc: {:.2}x (goal <= 1.3x)", small_m / raw_m);
