@@ -98,6 +98,18 @@ fn transport(op: &str, e: reqwest::Error) -> Error {
     }
 }
 
+/// Deadline of a non-blocking request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline of a request: a blocking query may take its wait, plus the
+/// up-to-wait/16 jitter Consul adds, plus a margin.
+fn block_timeout(block: Option<(u64, Duration)>) -> Duration {
+    match block {
+        Some((_, wait)) => wait + wait / 16 + Duration::from_secs(5),
+        None => REQUEST_TIMEOUT,
+    }
+}
+
 /// Percent-encodes a key for a URL path, keeping `/`.
 fn enc_path(key: &str) -> String {
     let mut s = String::with_capacity(key.len());
@@ -158,7 +170,12 @@ impl ConsulClient {
     }
 
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        // Every request has a deadline, so a frozen agent or a dead TCP
+        // connection is noticed (and retried) instead of hanging forever.
+        let mut r = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .timeout(REQUEST_TIMEOUT);
         if let Some(t) = &self.token {
             r = r.header("X-Consul-Token", t.expose());
         }
@@ -229,7 +246,8 @@ impl ConsulClient {
             .send(
                 &op,
                 self.req(Method::GET, &format!("/v1/kv/{}", enc_path(key)))
-                    .query(&q),
+                    .query(&q)
+                    .timeout(block_timeout(block)),
                 &[StatusCode::NOT_FOUND],
             )
             .await?;
@@ -253,7 +271,8 @@ impl ConsulClient {
             .send(
                 &op,
                 self.req(Method::GET, &format!("/v1/kv/{}", enc_path(prefix)))
-                    .query(&q),
+                    .query(&q)
+                    .timeout(block_timeout(block)),
                 &[StatusCode::NOT_FOUND],
             )
             .await?;
@@ -496,7 +515,8 @@ impl ConsulStore {
                         Method::GET,
                         &format!("/v1/health/service/{}", enc_path(name)),
                     )
-                    .query(&q),
+                    .query(&q)
+                    .timeout(block_timeout(block)),
                 &[],
             )
             .await?;

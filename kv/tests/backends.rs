@@ -450,3 +450,49 @@ async fn consul_index_reset_relists_and_reports_deletes() {
         "deletes found by the relist are marked synthetic: {evs:?}"
     );
 }
+
+/// A frozen server (SIGSTOP: connections stay open, nothing answers) longer
+/// than any request deadline: the watch notices, retries, and once the
+/// server is back, resumes — each write seen exactly once.
+async fn watch_survives_frozen_server(url: &str, pause: impl Fn(), resume: impl Fn()) {
+    let store = open(url, &opts()).await.unwrap();
+    let mut w = store.watch("frozen/", WatchFrom::Start);
+    store.put("frozen/a", b"1").await.unwrap();
+    let first = collect(&mut w, Duration::from_secs(10), |e| !e.is_empty()).await;
+    assert_eq!(first.len(), 1);
+    tokio::task::block_in_place(&pause);
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    tokio::task::block_in_place(&resume);
+    let put = async {
+        loop {
+            match store.put("frozen/b", b"1").await {
+                Ok(v) => return v,
+                Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    timeout(Duration::from_secs(30), put).await.unwrap();
+    let evs = collect(&mut w, Duration::from_secs(30), |e| !e.is_empty()).await;
+    let extra = collect(&mut w, Duration::from_secs(2), |_| false).await;
+    let keys: Vec<_> = evs
+        .iter()
+        .chain(extra.iter())
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(keys, vec!["frozen/b"], "{evs:?} {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_watch_survives_frozen_server() {
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    watch_survives_frozen_server(&etcd.store_url(), || etcd.pause(), || etcd.resume()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_watch_survives_frozen_agent() {
+    let consul = tokio::task::spawn_blocking(cntnr_e2e::Consul::start_dev)
+        .await
+        .unwrap();
+    watch_survives_frozen_server(&consul.store_url(), || consul.pause(), || consul.resume()).await;
+}
