@@ -445,19 +445,22 @@ impl Epoch {
         tracing::info!(session = %session.id(), backend = self.store.backend(), "session created");
 
         let cancel = shutdown.child_token();
+        // The node record first: once the agent reports ready, it is listed.
+        if let Err(e) = node::register(
+            self.store.clone(),
+            session.clone(),
+            shared.clone(),
+            self.node_record.clone(),
+            cancel.clone(),
+        )
+        .await
+        {
+            shared.set_session(None);
+            return Outcome::Restart(format!("registering the node: {e:#}"));
+        }
         let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let (holder_tx, holder_rx) = watch::channel(None);
-        tasks.spawn(named(
-            "node",
-            node::register(
-                self.store.clone(),
-                session.clone(),
-                shared.clone(),
-                self.node_record.clone(),
-                cancel.clone(),
-            ),
-        ));
         tasks.spawn(named(
             "leader-follow",
             election::follow(

@@ -126,6 +126,11 @@ impl TestStore {
 
     /// Starts an agent on this store.
     pub fn agent(&self, node: &str) -> Agent {
+        self.agent_with(node, &[], &[])
+    }
+
+    /// Starts an agent on this store with extra flags and environment.
+    pub fn agent_with(&self, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let state = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = state.path().join("agent.log");
@@ -146,6 +151,8 @@ impl TestStore {
             .env_remove("CNTNR_STORE")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info")
+            .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
