@@ -159,6 +159,25 @@ fn invalid_project_does_not_stop_the_agent(kind: Kind) {
     let b = common::wait_for(WAIT, "status/b/n1", || status_record(&s, "b", "n1"));
     assert_eq!(b["errors"], serde_json::json!([]));
     assert!(agent.running(), "agent died: {}", agent.log_text());
+    let ls = common::wait_for(WAIT, "ls to show the status summary", || {
+        let v = s.cntnr_json(&["ls"]);
+        (v[0]["nodes"] == 1 && v[1]["nodes"] == 1).then_some(v)
+    });
+    assert_eq!(ls[0]["project"], "a");
+    assert_eq!(ls[0]["valid"], false);
+    assert!(
+        ls[0]["errors"][0].as_str().unwrap().starts_with("n1: "),
+        "{ls}"
+    );
+    assert_eq!(ls[1]["valid"], true);
+    assert_eq!(ls[1]["errors"], serde_json::json!([]));
+    let table = text(&s.cntnr(dir, &["ls"]).stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("invalid: ")),
+        "{table}"
+    );
     let ps = s.cntnr(dir, &["ps", "a"]);
     assert!(
         text(&ps.stdout).contains("unknown key `imgae`"),

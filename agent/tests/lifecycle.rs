@@ -145,3 +145,57 @@ fn sighup_rereads_the_token_file_and_reconnects_when_it_changed() {
     agent.signal("TERM");
     assert!(agent.wait_exit(WAIT).success());
 }
+
+#[test]
+fn a_revoked_session_is_replaced_and_the_node_registered_again() {
+    let s = TestStore::new(Kind::Etcd, "revoked");
+    let mut agent = s.agent("n1");
+    let first = common::wait_for(WAIT, "ready", || {
+        agent
+            .status()
+            .filter(|st| st["ready"] == true && st["is_leader"] == true)
+    });
+    let lease: u64 = first["session"].as_str().unwrap().parse().unwrap();
+    // An operator (or the server) kills the lease behind the agent's back.
+    let out = cntnr_e2e::shared_etcd().etcdctl(&["lease", "revoke", &format!("{lease:x}")]);
+    assert!(out.status.success(), "{out:?}");
+    common::wait_for(WAIT, "a new session, registered and leading", || {
+        let st = agent.status()?;
+        (st["session"].is_string()
+            && st["session"] != first["session"]
+            && st["is_leader"] == true
+            && s.raw_get(&s.key("nodes/n1")).is_some())
+        .then_some(())
+    });
+    assert!(agent.running());
+    agent.signal("TERM");
+    assert!(agent.wait_exit(WAIT).success(), "{}", agent.log_text());
+}
+
+#[test]
+fn a_change_made_while_the_store_was_down_is_seen_after_it_returns() {
+    let mut etcd = cntnr_e2e::Etcd::start();
+    let mut s = TestStore::new(Kind::Dir, "outage");
+    s.url = etcd.store_url();
+    let mut agent = s.agent("n1");
+    common::wait_for(WAIT, "ready", || {
+        agent.status().filter(|st| st["ready"] == true)
+    });
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.running(), "the agent must outlive a store outage");
+    etcd.restart();
+    let put = etcd.etcdctl(&[
+        "put",
+        &s.key("projects/late"),
+        "services:\n  web:\n    image: busybox\n",
+    ]);
+    assert!(put.status.success(), "{put:?}");
+    common::wait_for(WAIT, "the project written after the outage", || {
+        agent
+            .status()
+            .filter(|st| st["projects"]["late"]["state"] == "valid")
+    });
+    agent.signal("TERM");
+    assert!(agent.wait_exit(WAIT).success(), "{}", agent.log_text());
+}
