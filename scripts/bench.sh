@@ -10,8 +10,9 @@
 #   * a containers.conf of our own (CONTAINERS_CONF, under the deps dir; the
 #     system's /etc/containers stays untouched): runc as podman's runtime, so
 #     both sides run the same runtime; cgroupfs and file events when systemd is
-#     not PID 1; and default_ulimits equal to this shell's hard limits, since
-#     podman's defaults (nofile 1048576) fail where the hard limit is lower.
+#     not PID 1; and default_ulimits that a probe container accepts (see
+#     configure_podman), since podman's defaults (1048576) fail where the
+#     hard limits are lower.
 #
 # Idempotent. Arguments replace `--workspace` in the cargo call, e.g.
 # `scripts/bench.sh -p cntnr-reconcile --bench runtime`.
@@ -55,12 +56,8 @@ install_bench_packages() {
     "${missing[@]}" >/dev/null
 }
 
-write_containers_conf() {
-  local conf="$DEPS/bench/containers.conf" nofile nproc cgroups events
-  nofile=$(ulimit -Hn)
-  nproc=$(ulimit -Hu)
-  [[ $nofile == unlimited ]] && nofile=1048576
-  [[ $nproc == unlimited ]] && nproc=4194304
+write_containers_conf() { # nofile nproc
+  local conf="$DEPS/bench/containers.conf" cgroups events
   if [[ -d /run/systemd/system ]]; then
     cgroups=systemd events=journald
   else
@@ -70,7 +67,7 @@ write_containers_conf() {
   cat >"$conf.tmp" <<EOF
 # Written by scripts/bench.sh for podman in the runtime bench; not used otherwise.
 [containers]
-default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+default_ulimits = ["nofile=$1:$1", "nproc=$2:$2"]
 
 [engine]
 runtime = "runc"
@@ -79,15 +76,44 @@ events_logger = "$events"
 EOF
   mv "$conf.tmp" "$conf"
   export CONTAINERS_CONF=$conf
-  log "podman: CONTAINERS_CONF=$conf (runc, $cgroups, nofile $nofile, nproc $nproc)"
+}
+
+# One container from a busybox rootfs dir: does podman start containers here?
+podman_probe() {
+  local rootfs="$DEPS/bench/probe-rootfs"
+  mkdir -p "$rootfs/bin"
+  cp -u /bin/busybox "$rootfs/bin/busybox"
+  podman run --rm --network none --rootfs "$rootfs" /bin/busybox true 2>&1
+}
+
+# podman's defaults (nofile and nproc 1048576) exceed the hard limits of a
+# machine like this one, and root may lack CAP_SYS_RESOURCE to raise them:
+# start at this shell's hard limits and halve nproc (which podman's own
+# processes may hold lower) until a container starts.
+configure_podman() {
+  local nofile nproc out
+  nofile=$(ulimit -Hn)
+  nproc=$(ulimit -Hu)
+  [[ $nofile == unlimited ]] && nofile=1048576
+  [[ $nproc == unlimited ]] && nproc=4194304
+  while true; do
+    write_containers_conf "$nofile" "$nproc"
+    if out=$(podman_probe); then
+      break
+    fi
+    if [[ $out != *rlimit* ]] || ((nproc <= 1024)); then
+      die "podman cannot start a container: $out"
+    fi
+    nproc=$((nproc / 2))
+  done
+  log "podman: CONTAINERS_CONF=$CONTAINERS_CONF (runc; nofile $nofile, nproc $nproc)"
 }
 
 main() {
   [[ $(id -u) -eq 0 ]] || die "run as root (runc, overlayfs, Debian packages)"
   "$ROOT/scripts/install-deps.sh"
   install_bench_packages
-  write_containers_conf
-  podman --version >/dev/null || die "podman does not run"
+  configure_podman
   PATH="$DEPS/bin:$PATH"
   export PATH
   cd "$ROOT"
