@@ -10,7 +10,11 @@
 //! new file's mtime with `v` before renaming it into place. A key's version
 //! is its file's mtime in nanoseconds, so a file an operator writes by hand
 //! gets a version too (its real mtime, which is later than every clock value
-//! drawn before it unless the wall clock jumped back). Writes are atomic:
+//! drawn before it unless the wall clock jumped back). Operators should
+//! write by hand atomically too (write a dotfile, `mv` it into place): a
+//! watcher may otherwise see a half-written file before the final one, and
+//! two hand writes within one kernel timestamp tick share a version (the
+//! watch still reports the new content). Writes through this crate are atomic:
 //! temp file, write, fsync, rename, fsync of the directory — a crash leaves
 //! the old or the new file, never half of one.
 //!

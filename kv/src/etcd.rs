@@ -316,151 +316,185 @@ impl SessionOps for EtcdSession {
     }
 }
 
-/// etcd watch state machine: `Empty` (list, emit all) → `Watching { state,
-/// revision }` (one watch stream from revision+1) → on `ErrCompacted`
-/// relist and diff → `Watching`; on a broken stream back off and reopen
-/// from the last revision seen, so nothing is lost or repeated.
+/// States of an etcd watch (kube-rs watcher style).
+enum WatchState {
+    /// History is unknown or gone: list the prefix and emit the difference
+    /// against `known` (empty at start: every entry is a put).
+    Relist { known: BTreeMap<String, Entry> },
+    /// Following one watch stream from `rev + 1`, `state` being the prefix
+    /// as of `rev`.
+    Watching {
+        state: BTreeMap<String, Entry>,
+        rev: u64,
+    },
+}
+
+/// What ended one watch stream.
+enum StreamEnd {
+    /// The consumer is gone.
+    Closed,
+    /// `ErrCompacted`: the revision to resume from is gone.
+    Compacted,
+    /// Transport failure, server restart, cancel: reopen from the same
+    /// revision after a backoff.
+    Broken,
+}
+
+/// etcd watch: `Relist` → `Watching` → (stream broken: back off, reopen
+/// from the last revision seen, so nothing is lost or repeated) or
+/// (`ErrCompacted`: `Relist` against the last known state, so deletes in the
+/// gap are still reported, as synthetic events).
 fn etcd_watch(store: EtcdStore, prefix: String, from: WatchFrom) -> WatchStream {
     spawn_stream(move |tx| async move {
-        let (mut state, mut rev, mut listed) = match from {
-            WatchFrom::Start => (BTreeMap::new(), 0u64, false),
-            WatchFrom::Snapshot(s) => (s.entries, s.position, true),
+        let mut st = match from {
+            WatchFrom::Start => WatchState::Relist {
+                known: BTreeMap::new(),
+            },
+            WatchFrom::Snapshot(s) => WatchState::Watching {
+                state: s.entries,
+                rev: s.position,
+            },
         };
         let mut backoff = watch_backoff();
-        macro_rules! emit {
-            ($ev:expr) => {
-                if tx.send($ev).await.is_err() {
-                    return;
-                }
-            };
-        }
         loop {
-            if !listed {
-                match store.list_at(&prefix).await {
+            st = match st {
+                WatchState::Relist { known } => match store.list_at(&prefix).await {
                     Ok(snap) => {
-                        let synthetic_from_gap = rev != 0;
-                        for ev in diff(&state, &snap.entries, snap.position, true) {
-                            emit!(Ok(ev));
+                        for ev in diff(&known, &snap.entries, snap.position, true) {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
                         }
-                        if synthetic_from_gap {
-                            tracing::info!(%prefix, from = rev, to = snap.position, "relisted after lost history");
-                        }
-                        state = snap.entries;
-                        rev = snap.position;
-                        listed = true;
                         backoff = watch_backoff();
+                        WatchState::Watching {
+                            state: snap.entries,
+                            rev: snap.position,
+                        }
                     }
                     Err(e) => {
                         let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                         tracing::warn!(%prefix, error = %e, ?delay, "etcd list for watch failed; retrying");
-                        if !e.is_retryable() {
-                            emit!(Err(e));
+                        if !e.is_retryable() && tx.send(Err(e)).await.is_err() {
+                            return;
                         }
                         tokio::time::sleep(delay).await;
-                        continue;
+                        WatchState::Relist { known }
                     }
-                }
-            }
-            let mut wc = store.client.watch_client();
-            let opened = wc
-                .watch(
-                    prefix.as_str(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(rev as i64 + 1),
-                    ),
-                )
-                .await;
-            let mut stream = match opened {
-                Ok(s) => s,
-                Err(e) => {
-                    let e = map_err(&format!("watching {prefix}"), e);
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(%prefix, error = %e, ?delay, "etcd watch failed to open; retrying");
-                    if !e.is_retryable() {
-                        emit!(Err(e));
+                },
+                WatchState::Watching { mut state, mut rev } => {
+                    let mut progressed = false;
+                    let end =
+                        follow(&store, &prefix, &mut state, &mut rev, &tx, &mut progressed).await;
+                    if progressed {
+                        backoff = watch_backoff();
                     }
-                    tokio::time::sleep(delay).await;
-                    continue;
+                    match end {
+                        StreamEnd::Closed => return,
+                        StreamEnd::Compacted => {
+                            tracing::warn!(%prefix, from = rev + 1, "etcd history compacted; relisting against last known state");
+                            WatchState::Relist { known: state }
+                        }
+                        StreamEnd::Broken => {
+                            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                            tracing::warn!(%prefix, ?delay, "etcd watch broke; resuming from revision {}", rev + 1);
+                            tokio::time::sleep(delay).await;
+                            WatchState::Watching { state, rev }
+                        }
+                    }
                 }
             };
-            loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            if resp.compact_revision() > 0 {
-                                tracing::warn!(%prefix, from = rev, compacted = resp.compact_revision(),
-                                    "etcd history compacted; relisting against last known state");
-                                listed = false;
-                            } else {
-                                tracing::warn!(%prefix, reason = resp.cancel_reason(), "etcd watch canceled; reopening");
-                                tokio::time::sleep(
-                                    backoff.next().unwrap_or(Duration::from_secs(10)),
-                                )
-                                .await;
-                            }
-                            break;
-                        }
-                        backoff = watch_backoff();
-                        let events = resp.events();
-                        for (i, ev) in events.iter().enumerate() {
-                            let Some(kv) = ev.kv() else { continue };
-                            let Ok(e) = entry(kv) else {
-                                tracing::warn!(%prefix, "skipping non-UTF-8 key in watch");
-                                continue;
-                            };
-                            let r = e.version;
-                            let last_of_rev = events
-                                .get(i + 1)
-                                .and_then(|n| n.kv())
-                                .map(|n| n.mod_revision() as u64 != r)
-                                .unwrap_or(true);
-                            let position = if last_of_rev { r } else { r - 1 };
-                            let out = match ev.event_type() {
-                                EventType::Put => {
-                                    state.insert(e.key.clone(), e.clone());
-                                    WatchEvent {
-                                        kind: EventKind::Put,
-                                        key: e.key,
-                                        value: e.value,
-                                        version: r,
-                                        position,
-                                        synthetic: false,
-                                    }
-                                }
-                                EventType::Delete => {
-                                    state.remove(&e.key);
-                                    WatchEvent {
-                                        kind: EventKind::Delete,
-                                        key: e.key,
-                                        value: Vec::new(),
-                                        version: r,
-                                        position,
-                                        synthetic: false,
-                                    }
-                                }
-                            };
-                            rev = rev.max(position);
-                            emit!(Ok(out));
-                        }
-                    }
-                    Ok(None) => {
-                        tracing::warn!(%prefix, "etcd watch stream ended; reopening");
-                        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
-                        break;
-                    }
-                    Err(e) => {
-                        let e = map_err(&format!("watching {prefix}"), e);
-                        let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                        tracing::warn!(%prefix, error = %e, ?delay, "etcd watch broke; resuming from revision {}", rev + 1);
-                        tokio::time::sleep(delay).await;
-                        break;
-                    }
-                }
-            }
         }
     })
+}
+
+/// Opens one watch stream from `rev + 1` and forwards its events, keeping
+/// `state` and `rev` up to date, until the stream ends.
+async fn follow(
+    store: &EtcdStore,
+    prefix: &str,
+    state: &mut BTreeMap<String, Entry>,
+    rev: &mut u64,
+    tx: &tokio::sync::mpsc::Sender<Result<WatchEvent>>,
+    progressed: &mut bool,
+) -> StreamEnd {
+    let mut wc = store.client.watch_client();
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(*rev as i64 + 1);
+    let mut stream = match wc.watch(prefix, Some(opts)).await {
+        Ok(s) => s,
+        Err(e) => {
+            let e = map_err(&format!("watching {prefix}"), e);
+            tracing::warn!(%prefix, error = %e, "etcd watch failed to open");
+            if !e.is_retryable() && tx.send(Err(e)).await.is_err() {
+                return StreamEnd::Closed;
+            }
+            return StreamEnd::Broken;
+        }
+    };
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return StreamEnd::Broken,
+            Err(e) => {
+                tracing::debug!(%prefix, error = %map_err("watching", e), "etcd watch stream error");
+                return StreamEnd::Broken;
+            }
+        };
+        if resp.canceled() {
+            if resp.compact_revision() > 0 {
+                return StreamEnd::Compacted;
+            }
+            tracing::warn!(%prefix, reason = resp.cancel_reason(), "etcd watch canceled");
+            return StreamEnd::Broken;
+        }
+        *progressed = true;
+        let events = resp.events();
+        for (i, ev) in events.iter().enumerate() {
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(e) = entry(kv) else {
+                tracing::warn!(%prefix, "skipping non-UTF-8 key in watch");
+                continue;
+            };
+            let r = e.version;
+            // Events of one revision (a txn) arrive together; the position
+            // only reaches `r` with the last of them, so resuming from any
+            // event's position never skips the rest of its revision.
+            let last_of_rev = events
+                .get(i + 1)
+                .and_then(|n| n.kv())
+                .is_none_or(|n| n.mod_revision() as u64 != r);
+            let position = if last_of_rev { r } else { r - 1 };
+            let out = match ev.event_type() {
+                EventType::Put => {
+                    state.insert(e.key.clone(), e.clone());
+                    WatchEvent {
+                        kind: EventKind::Put,
+                        key: e.key,
+                        value: e.value,
+                        version: r,
+                        position,
+                        synthetic: false,
+                    }
+                }
+                EventType::Delete => {
+                    state.remove(&e.key);
+                    WatchEvent {
+                        kind: EventKind::Delete,
+                        key: e.key,
+                        value: Vec::new(),
+                        version: r,
+                        position,
+                        synthetic: false,
+                    }
+                }
+            };
+            *rev = (*rev).max(position);
+            if tx.send(Ok(out)).await.is_err() {
+                return StreamEnd::Closed;
+            }
+        }
+    }
 }
 
 #[async_trait]

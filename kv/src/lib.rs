@@ -4,7 +4,7 @@
 //! service registry — with three backends: `consul` (our own client on
 //! reqwest), `etcd` (etcd-client) and `dir` (the embedded single-host store).
 //!
-//! Open a store with [`connect`] from a [`StoreUrl`]; use it as
+//! Open a store with [`connect()`] from a [`StoreUrl`]; use it as
 //! [`DynStore`] (`Arc<dyn Store>`). The [`Store`] trait documents each
 //! method's contract: idempotence, what a timeout leaves behind, what
 //! session loss means.
@@ -43,7 +43,7 @@
 //! create-revision; Consul txn `check-session` + `check-index`; dir flock +
 //! lock-file version under the writer lock).
 
-pub mod connect;
+mod connect;
 pub mod consul;
 pub mod dir;
 mod error;

@@ -363,7 +363,13 @@ async fn dir_crashed_session_reaped_and_hand_written_files_seen() {
     let first = collect(&mut w, Duration::from_secs(5), |e| !e.is_empty()).await;
     assert_eq!(first[0].key, "cntnr/projects/shop");
     std::fs::create_dir_all(d.path().join("cntnr/projects")).unwrap();
-    std::fs::write(d.path().join("cntnr/projects/blog"), "by hand").unwrap();
+    // As an operator should: write a dotfile, then rename it into place.
+    std::fs::write(d.path().join("cntnr/projects/.blog.tmp"), "by hand").unwrap();
+    std::fs::rename(
+        d.path().join("cntnr/projects/.blog.tmp"),
+        d.path().join("cntnr/projects/blog"),
+    )
+    .unwrap();
     let ev = collect(&mut w, Duration::from_secs(5), |e| !e.is_empty()).await;
     assert_eq!(
         (ev[0].kind, ev[0].key.as_str(), ev[0].value.as_slice()),
