@@ -221,6 +221,7 @@ fn rootless_with_subuid_range_runs_a_non_root_user() {
             ("CNTNR_ROOTLESS_MAPPINGS", "2".into()),
             ("CNTNR_ROOTLESS_USER", "1000:1000".into()),
             ("CNTNR_ROOTLESS_HOST_IDS", format!("{host}:{host}")),
+            ("CNTNR_ROOTLESS_INIT", "1".into()),
         ],
     );
 }
@@ -229,7 +230,8 @@ fn rootless_with_subuid_range_runs_a_non_root_user() {
 /// with `CNTNR_ROOTLESS_DIR`). `CNTNR_ROOTLESS_USER` is the container's
 /// `user:` (default root), `CNTNR_ROOTLESS_MAPPINGS` the number of uid/gid
 /// mappings expected, `CNTNR_ROOTLESS_HOST_IDS` the host `uid:gid` the
-/// container's process must have (default: ours).
+/// container's process must have (default: ours), `CNTNR_ROOTLESS_INIT`
+/// asks for `init: true`.
 #[tokio::test]
 async fn helper_rootless_container() {
     let Some(dir) = std::env::var_os("CNTNR_ROOTLESS_DIR") else {
@@ -256,6 +258,7 @@ async fn helper_rootless_container() {
             rustix::process::getegid().as_raw()
         )
     });
+    let init = std::env::var_os("CNTNR_ROOTLESS_INIT").is_some();
     let state = dir.join("state");
     let store = ImageStore::open(&state, StoreOptions::default()).unwrap();
     let image = store
@@ -272,6 +275,7 @@ async fn helper_rootless_container() {
         replica: 1,
         config_hash: "h".into(),
         user: user.clone(),
+        init,
         command: Some(vec![
             "sh".into(),
             "-c".into(),
@@ -283,6 +287,15 @@ async fn helper_rootless_container() {
         },
         ..Default::default()
     };
+    if mappings == 1 {
+        // Only root is mapped: another user is refused up front, with the fix.
+        let other = cntnr_reconcile::bundle::ContainerRequest {
+            user: Some("app".into()),
+            ..req.clone()
+        };
+        let err = bundle::build(&cfg, &store, &image, &other).unwrap_err();
+        assert!(err.to_string().contains("/etc/subuid"), "{err}");
+    }
     let b = bundle::build(&cfg, &store, &image, &req).unwrap();
     let linux = b.spec.linux().as_ref().unwrap();
     assert!(linux.resources().is_none(), "no cgroup limits rootless");
@@ -333,6 +346,17 @@ async fn helper_rootless_container() {
             },
         )
         .await;
+    let pid1 = runc
+        .exec(
+            &b.id,
+            &cntnr_reconcile::runtime::ExecRequest {
+                args: vec!["cat".into(), "/proc/1/comm".into()],
+                env: vec![],
+                cwd: None,
+                timeout: Duration::from_secs(10),
+            },
+        )
+        .await;
     let exit = runc.stop(&b.id, Signal::TERM, Duration::from_secs(2)).await;
     cleanup.await;
     let inside = format!("inside={want_uid}:{want_gid}");
@@ -347,6 +371,12 @@ async fn helper_rootless_container() {
         "id in the container: {id_out}"
     );
     assert_eq!(host_view.as_deref(), Some(host_ids.as_str()), "host ids");
+    let pid1 = String::from_utf8(pid1.unwrap().stdout).unwrap();
+    assert_eq!(
+        pid1 == "docker-init\n",
+        init,
+        "PID 1 is {pid1:?} (init: {init})"
+    );
     assert!(exit.unwrap().is_some());
     assert!(!b.path.exists());
     println!("ROOTLESS-OK {id_out}");
