@@ -16,7 +16,6 @@
 //! inside a user namespace the agent prepares (podman's approach).
 
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
-use std::path::Path;
 
 /// The kernel accepts at most this many lines in `uid_map` / `gid_map`.
 const MAX_MAP_LINES: usize = 340;
@@ -113,13 +112,10 @@ fn user_name(passwd: &str, uid: u32) -> Option<&str> {
     })
 }
 
+/// Whether `name` is on `PATH`, as runc looks the helpers up.
 fn in_path(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| {
-            let f = d.join(name);
-            Path::new(&f).is_file()
-        })
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 /// The `(start, count)` ranges of a subuid/subgid file that belong to the user
