@@ -669,8 +669,13 @@ impl Store for DirStore {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Session renewals and the clock live under `.cntnr/`: they
             // are not keys and must not wake watchers.
-            let ours = matches!(&res, Ok(ev) if !ev.paths.is_empty()
-                    && ev.paths.iter().all(|p| p.components().any(|c| c.as_os_str() == ".cntnr")));
+            // Temp files (`.name.tmp.*`) are not keys either: their rename
+            // into place is what matters.
+            let hidden = |p: &Path| {
+                p.components().any(|c| c.as_os_str() == ".cntnr")
+                    || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            };
+            let ours = matches!(&res, Ok(ev) if !ev.paths.is_empty() && ev.paths.iter().all(|p| hidden(p)));
             if !ours {
                 w.notify_one();
             }
