@@ -24,7 +24,12 @@ pub mod validate;
 
 /// `cntnr`: run Docker Compose projects on a fleet of hosts.
 #[derive(Debug, Parser)]
-#[command(name = "cntnr", version, about, propagate_version = true)]
+#[command(
+    name = "cntnr",
+    version,
+    about = "Run Docker Compose projects on a fleet of Linux hosts (the operator's CLI)",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Store URL: etcd://host:2379[,…], consul://host:8500 or dir:///path
     /// (default: dir:// under the state dir).

@@ -46,7 +46,11 @@ use signals::Signals;
 /// `cntnr-agent`: reconciles this host's share of the cluster's compose
 /// projects.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cntnr-agent", version, about)]
+#[command(
+    name = "cntnr-agent",
+    version,
+    about = "Run this host's share of the cluster's compose projects"
+)]
 pub struct AgentArgs {
     /// Store URL: etcd://host:2379[,…], consul://host:8500 or dir:///path
     /// (default: dir://<state-dir>/store).
@@ -286,9 +290,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = format!("{e:#}").replace(['\n', '\r'], " ");
-            tracing::error!("{line}");
-            eprintln!("error: {line}");
+            eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " "));
             ExitCode::FAILURE
         }
     }

@@ -17,6 +17,9 @@ use super::Shared;
 
 /// Minimum time between two flushes.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// First and longest wait before retrying failed writes.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// A new status for a project, or its removal.
 #[derive(Debug, Clone)]
@@ -36,13 +39,27 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut pending: BTreeMap<ProjectName, Option<StatusRecord>> = BTreeMap::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            msg = rx.recv() => match msg {
-                Some(m) => take(&mut pending, m),
-                None => break,
-            },
+    let mut retry = RETRY_MIN;
+    'run: loop {
+        if pending.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => break 'run,
+                msg = rx.recv() => match msg {
+                    Some(m) => take(&mut pending, m),
+                    None => break 'run,
+                },
+            }
+        } else {
+            // Writes failed: retry with backoff, or sooner with news.
+            tokio::select! {
+                _ = cancel.cancelled() => break 'run,
+                _ = tokio::time::sleep(retry) => {}
+                msg = rx.recv() => match msg {
+                    Some(m) => take(&mut pending, m),
+                    None => break 'run,
+                },
+            }
+            retry = (retry * 2).min(RETRY_MAX);
         }
         // Coalesce whatever else arrives within the interval.
         let deadline = tokio::time::sleep(MIN_INTERVAL);
@@ -57,13 +74,8 @@ pub async fn run(
             }
         }
         flush(&store, &session, &shared, &mut pending).await;
-        if !pending.is_empty() {
-            // Something failed: the next message or the next interval retries.
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            flush(&store, &session, &shared, &mut pending).await;
+        if pending.is_empty() {
+            retry = RETRY_MIN;
         }
     }
     while let Ok(m) = rx.try_recv() {
