@@ -38,7 +38,8 @@ pub struct Session {
     cancel: CancellationToken,
     frozen: Arc<AtomicBool>,
     ops: Arc<dyn SessionOps>,
-    task: Option<JoinHandle<()>>,
+    lost_tx: Arc<watch::Sender<bool>>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -54,13 +55,14 @@ impl std::fmt::Debug for Session {
 impl Session {
     pub(crate) fn start(id: String, ttl: Duration, ops: Arc<dyn SessionOps>) -> Session {
         let (lost_tx, lost_rx) = watch::channel(false);
+        let lost_tx = Arc::new(lost_tx);
         let cancel = CancellationToken::new();
         let frozen = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(keepalive(
             id.clone(),
             ttl,
             ops.clone(),
-            lost_tx,
+            lost_tx.clone(),
             cancel.clone(),
             frozen.clone(),
         ));
@@ -71,7 +73,8 @@ impl Session {
             cancel,
             frozen,
             ops,
-            task: Some(task),
+            lost_tx,
+            task: std::sync::Mutex::new(Some(task)),
         }
     }
 
@@ -121,11 +124,16 @@ impl Session {
     /// Stops the keepalive and revokes the session at the server, so bound
     /// keys and locks are released now (fast failover). Idempotent in
     /// effect; on a retryable error the server expires it after the TTL.
-    pub async fn close(mut self) -> Result<()> {
+    ///
+    /// Takes `&self` so a session shared in an `Arc` can be closed; after
+    /// `close` the session counts as lost.
+    pub async fn close(&self) -> Result<()> {
         self.cancel.cancel();
-        if let Some(task) = self.task.take() {
+        let task = self.task.lock().expect("session task").take();
+        if let Some(task) = task {
             let _ = task.await;
         }
+        let _ = self.lost_tx.send(true);
         self.ops.revoke(&self.id).await
     }
 }
@@ -140,7 +148,7 @@ async fn keepalive(
     id: String,
     ttl: Duration,
     ops: Arc<dyn SessionOps>,
-    lost_tx: watch::Sender<bool>,
+    lost_tx: Arc<watch::Sender<bool>>,
     cancel: CancellationToken,
     frozen: Arc<AtomicBool>,
 ) {
@@ -274,6 +282,23 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!s.is_lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_marks_it_lost_and_stops_renewing() {
+        let ops = script(vec![]);
+        let s = Arc::new(Session::start(
+            "s".into(),
+            Duration::from_secs(9),
+            ops.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        s.close().await.unwrap();
+        assert!(s.is_lost());
+        let calls = ops.calls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(ops.calls.load(Ordering::SeqCst), calls);
+        s.close().await.unwrap(); // idempotent
     }
 
     #[tokio::test(start_paused = true)]
