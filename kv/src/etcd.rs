@@ -159,7 +159,10 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
         if let Some((user, pw)) = &opts.etcd_user {
-            copts = copts.with_user(user.clone(), pw.expose().to_string());
+            // etcd's simple auth tokens expire (5 min idle by default): refresh.
+            copts = copts
+                .with_user(user.clone(), pw.expose().to_string())
+                .with_auto_token_refresh(true);
         }
         if tls {
             let mut t = TlsOptions::new();
