@@ -47,6 +47,19 @@ use crate::url::ConnectOptions;
 use crate::watch::{check_key, level_watch, LevelSource};
 use crate::{Error, Result};
 
+/// Keys of the dir store: the common rules, and no path segment starting
+/// with `.` (such names are the store's own files and temp files).
+fn check_dir_key(key: &str) -> Result<()> {
+    check_key(key)?;
+    if key.split('/').any(|seg| seg.starts_with('.')) {
+        return Err(Error::bad_key(
+            key,
+            "dir store keys must not have a segment starting with '.'",
+        ));
+    }
+    Ok(())
+}
+
 /// The dir store. Cheap to clone.
 #[derive(Clone)]
 pub struct DirStore {
@@ -591,7 +604,7 @@ impl Store for DirStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        check_key(key)?;
+        check_dir_key(key)?;
         let key = key.to_string();
         self.blocking(move |i| i.read(&key)).await
     }
@@ -603,7 +616,7 @@ impl Store for DirStore {
     }
 
     async fn put(&self, key: &str, value: &[u8]) -> Result<Version> {
-        check_key(key)?;
+        check_dir_key(key)?;
         let (key, value) = (key.to_string(), value.to_vec());
         self.blocking(move |i| {
             let held = i.lock()?;
@@ -613,7 +626,7 @@ impl Store for DirStore {
     }
 
     async fn cas(&self, key: &str, value: &[u8], expected: Option<Version>) -> Result<Version> {
-        check_key(key)?;
+        check_dir_key(key)?;
         let (key, value) = (key.to_string(), value.to_vec());
         self.blocking(move |i| {
             let held = i.lock()?;
@@ -631,7 +644,7 @@ impl Store for DirStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        check_key(key)?;
+        check_dir_key(key)?;
         let key = key.to_string();
         self.blocking(move |i| {
             let _held = i.lock()?;
@@ -726,7 +739,7 @@ impl Store for DirStore {
     }
 
     async fn put_bound(&self, session: &Session, key: &str, value: &[u8]) -> Result<Version> {
-        check_key(key)?;
+        check_dir_key(key)?;
         session.ensure_alive()?;
         let (key, value, id) = (key.to_string(), value.to_vec(), session.id().to_string());
         self.blocking(move |i| {
@@ -753,7 +766,7 @@ impl Store for DirStore {
     }
 
     async fn campaign(&self, session: &Session, key: &str, value: &[u8]) -> Result<Leadership> {
-        check_key(key)?;
+        check_dir_key(key)?;
         session.ensure_alive()?;
         let lock_path = self.inner.lock_file(key);
         let file = File::options()
@@ -819,7 +832,7 @@ impl Store for DirStore {
     }
 
     async fn holder(&self, key: &str) -> Result<Option<Holder>> {
-        check_key(key)?;
+        check_dir_key(key)?;
         let key = key.to_string();
         self.blocking(move |i| {
             Ok(i.read(&key)?.map(|e| Holder {
@@ -846,7 +859,7 @@ impl Store for DirStore {
     }
 
     async fn put_fenced(&self, key: &str, value: &[u8], fence: &Leadership) -> Result<Version> {
-        check_key(key)?;
+        check_dir_key(key)?;
         let fenced = || Error::FencedOut {
             key: key.into(),
             lock: fence.key.clone(),
@@ -919,5 +932,41 @@ impl Store for DirStore {
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {
         let prefix = registry::service_prefix(&self.inner.registry_prefix, name);
         registry::service_stream(self.clone(), prefix, passing_only, Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_segments_are_not_keys() {
+        assert!(check_dir_key("cntnr/.cntnr/x").is_err());
+        assert!(check_dir_key(".cntnr/lock").is_err());
+        assert!(check_dir_key("a/.b.tmp").is_err());
+        check_dir_key("cntnr/projects/shop").unwrap();
+    }
+
+    #[test]
+    fn proc_start_tells_live_from_dead() {
+        assert!(proc_start(std::process::id()).is_some());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let rec = SessionRecord {
+            pid,
+            start: Some(1),
+            ttl_ms: 60_000,
+            renewed_ms: registry::now_ms(),
+            keys: BTreeMap::new(),
+        };
+        assert!(rec.expired(registry::now_ms()));
+        let me = SessionRecord {
+            pid: std::process::id(),
+            start: proc_start(std::process::id()),
+            ..rec
+        };
+        assert!(!me.expired(registry::now_ms()));
+        assert!(me.expired(registry::now_ms() + 120_000), "TTL ran out");
     }
 }
