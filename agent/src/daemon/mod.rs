@@ -485,7 +485,7 @@ impl Epoch {
         // The status writer stops last, so the desired task's final
         // updates are flushed: it has its own token.
         let status_cancel = CancellationToken::new();
-        let status_task = tokio::spawn(status::run(
+        let mut status_task = tokio::spawn(status::run(
             self.store.clone(),
             session.clone(),
             shared.clone(),
@@ -532,30 +532,27 @@ impl Epoch {
             tasks.shutdown().await;
         }
         status_cancel.cancel();
-        if tokio::time::timeout(DRAIN_DEADLINE, status_task)
+        if tokio::time::timeout(DRAIN_DEADLINE, &mut status_task)
             .await
             .is_err()
         {
-            tracing::warn!("status writer did not stop in time");
+            tracing::warn!("status writer did not stop in time; aborting it");
+            status_task.abort();
         }
         shared.set_leading(None);
         shared.set_session(None);
-        match Arc::try_unwrap(session) {
-            Ok(s) if !s.is_lost() => {
-                let id = s.id().to_string();
-                match tokio::time::timeout(Duration::from_secs(5), s.close()).await {
-                    Ok(Ok(())) => tracing::info!(session = %id, "session revoked"),
-                    Ok(Err(e)) => {
-                        shared.metrics.store_error("revoke");
-                        tracing::warn!(session = %id, error = %e, "revoking the session failed; it expires after its TTL");
-                    }
-                    Err(_) => {
-                        tracing::warn!(session = %id, "revoking the session timed out; it expires after its TTL")
-                    }
+        if !session.is_lost() {
+            let id = session.id().to_string();
+            match tokio::time::timeout(Duration::from_secs(5), session.close()).await {
+                Ok(Ok(())) => tracing::info!(session = %id, "session revoked"),
+                Ok(Err(e)) => {
+                    shared.metrics.store_error("revoke");
+                    tracing::warn!(session = %id, error = %e, "revoking the session failed; it expires after its TTL");
+                }
+                Err(_) => {
+                    tracing::warn!(session = %id, "revoking the session timed out; it expires after its TTL")
                 }
             }
-            Ok(_) => {}
-            Err(_) => tracing::warn!("session still in use after drain; it expires after its TTL"),
         }
         outcome
     }

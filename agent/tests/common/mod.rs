@@ -91,7 +91,10 @@ impl TestStore {
             Kind::Dir => {
                 let f = self.dir_file(key);
                 std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-                let tmp = f.with_extension("tmp-write");
+                // A hidden temp name: the dir store ignores it until the
+                // rename makes the key appear whole.
+                let tmp =
+                    f.with_file_name(format!(".{}.tmp", f.file_name().unwrap().to_string_lossy()));
                 std::fs::write(&tmp, value).unwrap();
                 std::fs::rename(&tmp, &f).unwrap();
             }
