@@ -196,7 +196,7 @@ fn rootless_run_as_an_unprivileged_user() {
     }
     let user = TestUser::create(&format!("cntnrrl{}", std::process::id()), false);
     // Without subordinate ranges only root is mapped.
-    run_helper_as(&user, &[("CNTNR_ROOTLESS_MAPPINGS", "1".into())]);
+    run_helper_as(&user, &[("CNTNR_ROOTLESS_SUBIDS", "0".into())]);
 }
 
 #[test]
@@ -218,20 +218,23 @@ fn rootless_with_subuid_range_runs_a_non_root_user() {
     run_helper_as(
         &user,
         &[
-            ("CNTNR_ROOTLESS_MAPPINGS", "2".into()),
+            ("CNTNR_ROOTLESS_SUBIDS", "1".into()),
             ("CNTNR_ROOTLESS_USER", "1000:1000".into()),
             ("CNTNR_ROOTLESS_HOST_IDS", format!("{host}:{host}")),
             ("CNTNR_ROOTLESS_INIT", "1".into()),
+            // `app` is also in group `extra` (2000) in the image's /etc/group.
+            ("CNTNR_ROOTLESS_GROUPS", "1000 2000".into()),
         ],
     );
 }
 
 /// Not a test of its own: the unprivileged half of the tests above (runs only
 /// with `CNTNR_ROOTLESS_DIR`). `CNTNR_ROOTLESS_USER` is the container's
-/// `user:` (default root), `CNTNR_ROOTLESS_MAPPINGS` the number of uid/gid
-/// mappings expected, `CNTNR_ROOTLESS_HOST_IDS` the host `uid:gid` the
+/// `user:` (default root), `CNTNR_ROOTLESS_SUBIDS` `1` if the user has
+/// subordinate ranges (so runc runs in a user namespace of the driver's,
+/// else the spec maps only root), `CNTNR_ROOTLESS_HOST_IDS` the host `uid:gid` the
 /// container's process must have (default: ours), `CNTNR_ROOTLESS_INIT`
-/// asks for `init: true`.
+/// asks for `init: true`, `CNTNR_ROOTLESS_GROUPS` is the `id -G` expected.
 #[tokio::test]
 async fn helper_rootless_container() {
     let Some(dir) = std::env::var_os("CNTNR_ROOTLESS_DIR") else {
@@ -247,10 +250,7 @@ async fn helper_rootless_container() {
         }
         None => ("0".into(), "0".into()),
     };
-    let mappings: usize = std::env::var("CNTNR_ROOTLESS_MAPPINGS")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let subids = std::env::var("CNTNR_ROOTLESS_SUBIDS").unwrap() == "1";
     let host_ids = std::env::var("CNTNR_ROOTLESS_HOST_IDS").unwrap_or_else(|_| {
         format!(
             "{}:{}",
@@ -259,6 +259,7 @@ async fn helper_rootless_container() {
         )
     });
     let init = std::env::var_os("CNTNR_ROOTLESS_INIT").is_some();
+    let groups = std::env::var("CNTNR_ROOTLESS_GROUPS").unwrap_or_else(|_| want_gid.clone());
     let state = dir.join("state");
     let store = ImageStore::open(&state, StoreOptions::default()).unwrap();
     let image = store
@@ -279,7 +280,7 @@ async fn helper_rootless_container() {
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            "echo inside=$(id -u):$(id -g); touch /tmp/ok && echo writable; sleep 1000".into(),
+            "echo inside=$(id -u):$(id -g) groups=$(id -G); mkdir -p /tmp/d/e && touch /tmp/d/e/f && echo writable; sleep 1000".into(),
         ]),
         limits: cntnr_reconcile::bundle::Limits {
             memory: Some(64 << 20),
@@ -287,7 +288,7 @@ async fn helper_rootless_container() {
         },
         ..Default::default()
     };
-    if mappings == 1 {
+    if !subids {
         // Only root is mapped: another user is refused up front, with the fix.
         let other = cntnr_reconcile::bundle::ContainerRequest {
             user: Some("app".into()),
@@ -299,8 +300,22 @@ async fn helper_rootless_container() {
     let b = bundle::build(&cfg, &store, &image, &req).unwrap();
     let linux = b.spec.linux().as_ref().unwrap();
     assert!(linux.resources().is_none(), "no cgroup limits rootless");
-    assert_eq!(linux.uid_mappings().as_ref().unwrap().len(), mappings);
-    assert_eq!(linux.gid_mappings().as_ref().unwrap().len(), mappings);
+    let own_userns = linux
+        .namespaces()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User);
+    if subids {
+        // runc runs as root of a user namespace the driver makes.
+        assert!(runc.config().userns.is_some());
+        assert!(!own_userns && linux.uid_mappings().is_none());
+    } else {
+        assert!(runc.config().userns.is_none());
+        assert!(own_userns);
+        assert_eq!(linux.uid_mappings().as_ref().unwrap().len(), 1);
+        assert_eq!(linux.gid_mappings().as_ref().unwrap().len(), 1);
+    }
     let run = runc.run(&b.id, &b.path).await;
     let cleanup = async {
         let _ = runc.stop(&b.id, Signal::KILL, Duration::from_secs(5)).await;
@@ -359,7 +374,7 @@ async fn helper_rootless_container() {
         .await;
     let exit = runc.stop(&b.id, Signal::TERM, Duration::from_secs(2)).await;
     cleanup.await;
-    let inside = format!("inside={want_uid}:{want_gid}");
+    let inside = format!("inside={want_uid}:{want_gid} groups={groups}\n");
     assert!(
         log.contains(&inside) && log.contains("writable"),
         "want {inside}, log: {log}"

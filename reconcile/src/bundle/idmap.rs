@@ -9,11 +9,24 @@
 //! which check the ranges against the same files. A container can then run as
 //! a non-root user (`user: 1000:1000`).
 //!
-//! Limit (runc 1.1, and still in 1.2): runc refuses `additionalGids` and skips
-//! `/etc/group` supplementary groups whenever its own euid is not 0, even with
-//! a range mapped and `setgroups` allowed; so a rootless container's process
-//! has no supplementary groups. Lifting that needs runc itself to run as root
-//! inside a user namespace the agent prepares (podman's approach).
+//! Who writes the maps:
+//! - uids and gids both have ranges ([`RootlessIds::runc_in_userns`]): the
+//!   driver starts `runc create` under `unshare --user --map-users=… \
+//!   --map-groups=… --map-user=0 --map-group=0` (util-linux, which runs
+//!   newuidmap/newgidmap), so runc itself runs as root of that namespace and
+//!   the spec has no user namespace of its own (podman's rootless approach).
+//!   Needed for supplementary groups: runc refuses `additionalGids`, and skips
+//!   the `/etc/group` ones, whenever its own euid is not 0, whatever the maps
+//!   (runc 1.1's `setupUser`, still so in 1.2). Verbs that act on the running
+//!   container (kill, exec, delete --force) join that namespace with
+//!   `nsenter --user --target <init>`: only from inside may a process signal
+//!   or enter a container whose user is not the agent's own uid.
+//! - otherwise the maps are in the spec: runc writes a single `0 → own`
+//!   line itself, or runs the helpers for a range (no supplementary groups).
+//!
+//! With a range, a container can leave files owned by ids of the range in
+//! its (copied) rootfs, which the agent's user cannot remove; bundle removal
+//! then runs `rm -rf` as root of a user namespace with the same maps.
 
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
 
@@ -49,25 +62,61 @@ impl RootlessIds {
         }
     }
 
-    /// For this process (euid/egid): subordinate ranges from `/etc/subuid`
-    /// and `/etc/subgid` when the matching helper is on `PATH`, else
-    /// [`RootlessIds::single`]. uids and gids are decided independently.
+    /// For this process (euid/egid): the user's first subordinate range from
+    /// `/etc/subuid` and `/etc/subgid` when the matching helper is on `PATH`,
+    /// else [`RootlessIds::single`]. uids and gids are decided independently.
     pub fn detect() -> Self {
         let uid = rustix::process::geteuid().as_raw();
         let gid = rustix::process::getegid().as_raw();
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let name = user_name(&passwd, uid);
-        let ranges = |file: &str, helper: &str, id: u32| -> Vec<(u32, u32)> {
+        // Files are keyed by user (name or uid), for subgid too; a range
+        // holding our own id cannot be mapped beside it.
+        let ranges = |file: &str, helper: &str, own: u32| -> Vec<(u32, u32)> {
             if !in_path(helper) {
                 return Vec::new();
             }
             let text = std::fs::read_to_string(file).unwrap_or_default();
-            subordinate_ranges(&text, name, id)
+            subordinate_ranges(&text, name, uid)
+                .into_iter()
+                .filter(|&(start, count)| !(start..start.saturating_add(count)).contains(&own))
+                .take(1)
+                .collect()
         };
         Self {
             uids: mappings(uid, &ranges("/etc/subuid", "newuidmap", uid)),
-            gids: mappings(gid, &ranges("/etc/subgid", "newgidmap", uid)),
+            gids: mappings(gid, &ranges("/etc/subgid", "newgidmap", gid)),
         }
+    }
+
+    /// Whether runc should run as root inside a user namespace with these
+    /// maps (both uids and gids have subordinate ranges) rather than be given
+    /// the maps in the spec.
+    pub fn runc_in_userns(&self) -> bool {
+        self.uids.len() > 1 && self.gids.len() > 1
+    }
+
+    /// `unshare` arguments (before `--` and the command) that run a command as
+    /// root of a new user namespace with these maps; `0 → own` comes from
+    /// `--map-user=0` / `--map-group=0`, the first range from `--map-users` /
+    /// `--map-groups` (through newuidmap/newgidmap). [`RootlessIds::detect`]
+    /// yields one range at most.
+    pub fn unshare_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--user".to_string(),
+            "--map-user=0".into(),
+            "--map-group=0".into(),
+        ];
+        // util-linux 2.38 keeps only the last --map-users / --map-groups.
+        for (flag, ranges) in [("--map-users", &self.uids), ("--map-groups", &self.gids)] {
+            if let Some(r) = ranges.iter().find(|r| r.container_id != 0) {
+                args.push(format!(
+                    "{flag}={},{},{}",
+                    r.host_id, r.container_id, r.size
+                ));
+            }
+        }
+        args
     }
 
     /// Whether container uid `uid` is mapped.
@@ -232,6 +281,30 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[1].host_id, 200000);
         assert_eq!(m[1].container_id, 1);
+    }
+
+    #[test]
+    fn unshare_gets_root_plus_every_range() {
+        let ids = RootlessIds {
+            uids: mappings(1000, &[(100000, 65536)]),
+            gids: mappings(1001, &[(200000, 10)]),
+        };
+        assert!(ids.runc_in_userns());
+        assert_eq!(
+            ids.unshare_args(),
+            [
+                "--user",
+                "--map-user=0",
+                "--map-group=0",
+                "--map-users=100000,1,65536",
+                "--map-groups=200000,1,10",
+            ]
+        );
+        let uids_only = RootlessIds {
+            uids: mappings(1000, &[(100000, 65536)]),
+            gids: mappings(1000, &[]),
+        };
+        assert!(!uids_only.runc_in_userns());
     }
 
     #[test]

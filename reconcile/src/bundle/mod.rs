@@ -320,5 +320,34 @@ pub fn build(
 pub fn remove(cfg: &BundleConfig, id: &ContainerId) -> Result<(), BundleError> {
     let path = cfg.bundle_path(id);
     rootfs::unmount(&path.join("rootfs"))?;
-    crate::unpack::remove_tree(&path).map_err(ioe("removing bundle", &path))
+    match crate::unpack::remove_tree(&path) {
+        // Rootless with subordinate ranges, the container may have left files
+        // owned by ids of the range, which only root of a user namespace
+        // with the same maps may remove.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let ids = cfg.rootless_ids.as_ref().filter(|_| cfg.rootless);
+            match ids.filter(|i| i.uids.len() > 1 || i.gids.len() > 1) {
+                Some(ids) => remove_in_userns(ids, &path),
+                None => Err(e),
+            }
+        }
+        r => r,
+    }
+    .map_err(ioe("removing bundle", &path))
+}
+
+fn remove_in_userns(ids: &idmap::RootlessIds, path: &Path) -> std::io::Result<()> {
+    let out = std::process::Command::new("unshare")
+        .args(ids.unshare_args())
+        .args(["--", "rm", "-rf", "--one-file-system", "--"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "rm -rf in the user namespace: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
 }

@@ -264,7 +264,8 @@ pub(super) fn build(
 
     // In a user namespace (rootless) uid/gid are the container's view: only
     // mapped ids can be used (0 = the agent's user, plus any subordinate
-    // range). runc refuses supplementary groups rootless (see `idmap`).
+    // range). Supplementary groups need runc to run as root of the namespace
+    // (see `idmap`); otherwise runc refuses them.
     let (uid, gid) = (user.uid, user.gid);
     let rootless_ids = cfg.rootless.then(|| {
         cfg.rootless_ids.clone().unwrap_or_else(|| {
@@ -283,8 +284,11 @@ pub(super) fn build(
             )));
         }
     }
+    let runc_in_userns = rootless_ids
+        .as_ref()
+        .is_some_and(RootlessIds::runc_in_userns);
     let mut ubuilder = UserBuilder::default().uid(uid).gid(gid);
-    if !user.additional_gids.is_empty() && !cfg.rootless {
+    if !user.additional_gids.is_empty() && (!cfg.rootless || runc_in_userns) {
         ubuilder = ubuilder.additional_gids(user.additional_gids.clone());
     }
     let process = ProcessBuilder::default()
@@ -306,8 +310,18 @@ pub(super) fn build(
             );
             let (uids, gids) = ids.oci()?;
             if let Some(linux) = spec.linux_mut() {
-                linux.set_uid_mappings(Some(uids));
-                linux.set_gid_mappings(Some(gids));
+                if runc_in_userns {
+                    // runc runs inside the agent's user namespace: the
+                    // container shares it instead of making its own.
+                    let mut ns = linux.namespaces().clone().unwrap_or_default();
+                    ns.retain(|n| n.typ() != LinuxNamespaceType::User);
+                    linux.set_namespaces(Some(ns));
+                    linux.set_uid_mappings(None);
+                    linux.set_gid_mappings(None);
+                } else {
+                    linux.set_uid_mappings(Some(uids));
+                    linux.set_gid_mappings(Some(gids));
+                }
             }
             spec
         }

@@ -38,8 +38,12 @@ impl Runc {
             .arg(self.cfg.log_max_bytes.to_string())
             .arg(&exit)
             .arg(&pid)
-            .arg("--")
-            .arg(&self.cfg.binary)
+            .arg("--");
+        if let Some(userns) = &self.cfg.userns {
+            // runc as root of a new user namespace (see `bundle::idmap`).
+            c.arg("unshare").args(userns.unshare_args()).arg("--");
+        }
+        c.arg(&self.cfg.binary)
             .arg("--root")
             .arg(&self.cfg.root)
             .arg("--log")

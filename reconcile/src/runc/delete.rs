@@ -6,15 +6,18 @@ use std::ffi::OsStr;
 
 impl Runc {
     pub(super) async fn delete_impl(&self, id: &ContainerId, force: bool) -> Result<()> {
-        if self.ours(id).await?.is_none() {
+        let Some(state) = self.ours(id).await? else {
             return Ok(());
-        }
+        };
         let mut args = vec![OsStr::new("delete")];
         if force {
             args.push(OsStr::new("--force"));
         }
         args.push(OsStr::new(id.as_str()));
-        match self.invoke("delete", id.as_str(), &args).await {
+        match self
+            .invoke_in(Some(&state), "delete", id.as_str(), &args)
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_not_exist(&e) => {}
             Err(e) => return Err(e),

@@ -10,10 +10,10 @@ impl Runc {
         id: &ContainerId,
         req: &ExecRequest,
     ) -> Result<ExecOutput> {
-        if self.ours(id).await?.is_none() {
+        let Some(state) = self.ours(id).await? else {
             return Err(RuntimeError::NotFound(id.to_string()));
-        }
-        let mut c = self.command();
+        };
+        let mut c = self.command_in(Some(&state));
         c.arg("exec");
         for e in &req.env {
             c.arg("--env").arg(e);

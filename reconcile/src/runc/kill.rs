@@ -6,11 +6,12 @@ use std::ffi::OsStr;
 
 impl Runc {
     pub(super) async fn kill_impl(&self, id: &ContainerId, signal: Signal) -> Result<()> {
-        if self.ours(id).await?.is_none() {
+        let Some(state) = self.ours(id).await? else {
             return Err(RuntimeError::NotFound(id.to_string()));
-        }
+        };
         let sig = signal.number().to_string();
-        self.invoke(
+        self.invoke_in(
+            Some(&state),
             "kill",
             id.as_str(),
             &[

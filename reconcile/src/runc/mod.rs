@@ -18,6 +18,7 @@ mod state;
 mod stop;
 mod wait;
 
+use crate::bundle::idmap::RootlessIds;
 use crate::runtime::{
     ContainerId, ContainerState, ExecOutput, ExecRequest, ExitStatus, Result, Runtime,
     RuntimeError, Signal, Status,
@@ -41,11 +42,17 @@ pub struct RuncConfig {
     pub timeout: Duration,
     /// Log size cap per file (one rotated file is kept).
     pub log_max_bytes: u64,
+    /// Rootless with subordinate ranges: run runc as root of a user namespace
+    /// with these maps (`unshare` for create, `nsenter` into a container's
+    /// namespace for kill, exec and delete); see [`crate::bundle::idmap`].
+    /// Must agree with the bundles' `BundleConfig::rootless_ids`.
+    pub userns: Option<RootlessIds>,
 }
 
 impl RuncConfig {
     /// Defaults: `runc` from PATH, `cntnr-shim` next to the running executable,
-    /// 30 s per call, 10 MiB logs.
+    /// 30 s per call, 10 MiB logs; rootless, the user namespace
+    /// [`RootlessIds::detect`] finds if it has subordinate ranges.
     pub fn new(root: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
         let shim = std::env::current_exe()
             .ok()
@@ -59,6 +66,9 @@ impl RuncConfig {
             shim,
             timeout: Duration::from_secs(30),
             log_max_bytes: 10 << 20,
+            userns: (!rustix::process::geteuid().is_root())
+                .then(RootlessIds::detect)
+                .filter(RootlessIds::runc_in_userns),
         }
     }
 }
@@ -96,8 +106,26 @@ impl Runc {
         self.cfg.state_dir.join("run").join(format!("{id}.{ext}"))
     }
 
-    fn command(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.cfg.binary);
+    /// `runc --root R`, run inside the user namespace of the container whose
+    /// init is `state` when runc runs in user namespaces ([`RuncConfig::userns`])
+    /// and that init is alive.
+    fn command_in(&self, state: Option<&ContainerState>) -> tokio::process::Command {
+        let join = self.cfg.userns.as_ref().and(state).and_then(|s| {
+            let alive = matches!(s.status, Status::Created | Status::Running | Status::Paused);
+            (alive && s.pid > 0).then_some(s.pid)
+        });
+        let mut c = match join {
+            Some(pid) => {
+                // nsenter becomes uid/gid 0 of the namespace.
+                let mut c = tokio::process::Command::new("nsenter");
+                c.arg("--user")
+                    .arg(format!("--target={pid}"))
+                    .arg("--")
+                    .arg(&self.cfg.binary);
+                c
+            }
+            None => tokio::process::Command::new(&self.cfg.binary),
+        };
         c.arg("--root").arg(&self.cfg.root);
         c.stdin(std::process::Stdio::null()).kill_on_drop(true);
         c
@@ -110,7 +138,19 @@ impl Runc {
         id: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<Output> {
-        let mut c = self.command();
+        self.invoke_in(None, verb, id, args).await
+    }
+
+    /// [`Runc::invoke`] in the user namespace of `state`'s container (see
+    /// [`Runc::command_in`]).
+    async fn invoke_in(
+        &self,
+        state: Option<&ContainerState>,
+        verb: &'static str,
+        id: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<Output> {
+        let mut c = self.command_in(state);
         c.args(args);
         let out = output_with_timeout(c, verb, id, self.cfg.timeout).await?;
         if !out.status.success() {
