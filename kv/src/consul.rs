@@ -305,7 +305,16 @@ impl ConsulClient {
         let conflict = resp.status() == StatusCode::CONFLICT;
         let v: serde_json::Value = Self::json(op, resp).await?;
         if conflict {
-            return Ok(Err(v["Errors"].to_string()));
+            let errors = v["Errors"].to_string();
+            // An ACL refusal inside a txn is a 409 too: surface it as such,
+            // never as a CAS conflict or a lost fence.
+            if errors.contains("Permission denied") || errors.contains("ACL not found") {
+                return Err(Error::Auth {
+                    op: op.into(),
+                    message: errors,
+                });
+            }
+            return Ok(Err(errors));
         }
         Ok(Ok(v["Results"].as_array().cloned().unwrap_or_default()))
     }
