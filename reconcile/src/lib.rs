@@ -28,7 +28,9 @@
 pub mod bundle;
 pub mod digest;
 pub mod images;
+pub mod plan;
 pub mod runc;
 pub mod runtime;
+pub mod schedule;
 pub mod shim;
 pub mod unpack;
