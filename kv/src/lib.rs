@@ -43,6 +43,8 @@
 //! create-revision; Consul txn `check-session` + `check-index`; dir flock +
 //! lock-file version under the writer lock).
 
+#![warn(missing_docs)]
+
 mod connect;
 pub mod consul;
 pub mod dir;
