@@ -504,7 +504,11 @@ struct DirLevel {
 #[async_trait]
 impl LevelSource for DirLevel {
     async fn poll(&self, prefix: &str, after: Option<u64>) -> Result<Snapshot> {
-        if after.is_some() {
+        // The first poll scans at once (a watch resumed from a snapshot must
+        // report what changed since without waiting for a wake-up); later
+        // ones wait for inotify or the rescan tick.
+        let first = self.last.lock().expect("dir watch state").is_none();
+        if after.is_some() && !first {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.store.inner.rescan) => {}
