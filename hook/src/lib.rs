@@ -1,5 +1,123 @@
-//! cntnr-hook: the OCI hook runc calls at `createRuntime` (CNI ADD into the
-//! container's network namespace) and `poststop` (CNI DEL). It reads the OCI
-//! state from stdin and the network request from the container annotations.
+//! cntnr-hook: container networking for cntnr, as an OCI hook driving CNI
+//! plugins.
 //!
-//! Not built yet: this crate is filled in by the networking issue.
+//! runc calls the `cntnr-hook` binary at `createRuntime` (`cntnr-hook
+//! create`: CNI ADD into the network namespace runc just created, found
+//! through the pid in the OCI state on stdin) and at `poststop`
+//! (`cntnr-hook delete`: CNI DEL). What to attach comes from the
+//! container's annotation [`REQUEST_ANNOTATION`] ([`NetRequest`]); what was
+//! attached goes to `<bundle>/cntnr-net.json` ([`NetResult`]).
+//!
+//! The library is also what the agent and the bundle builder use:
+//! - [`oci_hooks`]: the `hooks` entries for `config.json`;
+//! - [`conflist::ensure_network`] / [`conflist::release_network`]: a
+//!   project network's subnet ([`alloc`]) and CNI config list;
+//! - [`PortRequest::from_model`]: compose `ports:` into the request;
+//! - [`hosts::hosts_file`] / [`hosts::write_atomic`]: service names;
+//! - [`NetResult::read`]: the container's IPs and published ports.
+//!
+//! Rootless agents use no CNI (creating bridges, veths and iptables rules
+//! needs root on the host): their containers share the host's network, and
+//! the hook refuses to run without root.
+//!
+//! Host state the hook owns, and when it goes away:
+//! - netns pin `<run-dir>/netns/<id>`, port claims
+//!   `<state-dir>/net/ports/*`, the result file: per container, removed by DEL;
+//! - the bridge `cn-<hash>`, its isolation rule and host-local's
+//!   `/var/lib/cni/networks/<net>`: per network, removed by the DEL of its
+//!   last container;
+//! - the subnet allocation and conflist: per network, until the agent calls
+//!   [`conflist::release_network`] (so a network keeps its subnet while its
+//!   project exists).
+
+pub mod alloc;
+pub mod check;
+pub mod cni;
+pub mod conflist;
+pub mod create;
+pub mod delete;
+pub mod firewall;
+pub mod hooks;
+pub mod hosts;
+pub mod ipnet;
+mod lock;
+pub mod netns;
+pub mod ports;
+pub mod request;
+pub mod state;
+
+pub use hooks::{oci_hooks, HookOptions, FAILPOINT_ENV, TIMEOUT_ENV};
+pub use ipnet::Ipv4Net;
+pub use request::{
+    ConflistSource, HostPortRange, NetRequest, NetResult, NetworkAttachment, NetworkResult,
+    PortProtocol, PortRequest, REQUEST_ANNOTATION, RESULT_FILE,
+};
+pub use state::OciState;
+
+use std::path::{Path, PathBuf};
+
+/// Why networking a container failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// A bad request, state or config (a user or wiring error; retrying the
+    /// same input fails the same way).
+    #[error("{0}")]
+    Request(String),
+    /// A CNI plugin failed; `message` is its CNI error (`msg: details`).
+    #[error("CNI {command} network {network:?} plugin {plugin}: {message}")]
+    Plugin {
+        /// `ADD`, `DEL`, `CHECK`.
+        command: &'static str,
+        /// CNI network name.
+        network: String,
+        /// Plugin type.
+        plugin: String,
+        /// What it said.
+        message: String,
+    },
+    /// A published port is held by a host process or another container.
+    #[error("{0}")]
+    PortInUse(String),
+    /// `ip` or `iptables` failed.
+    #[error("{0}")]
+    Command(String),
+    /// The hook ran out of time.
+    #[error("{0}")]
+    Timeout(String),
+    /// IO on a path.
+    #[error("{what}: {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl HookError {
+    pub(crate) fn io<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> HookError + 'a {
+        move |source| HookError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Whether retrying the same container may succeed (a timeout, a plugin
+    /// or command failure) rather than fail again the same way (a bad
+    /// request, a port in use — until its holder goes).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            HookError::Plugin { .. }
+                | HookError::Command(_)
+                | HookError::Timeout(_)
+                | HookError::Io { .. }
+        )
+    }
+}

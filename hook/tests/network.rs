@@ -1,0 +1,425 @@
+//! cntnr-hook against real runc and the real CNI plugins of Debian's
+//! containernetworking-plugins (root only). Each test runs busybox
+//! containers under a private runc root, on its own project networks cut
+//! from its own test-only pool, and proves by listing links, iptables rules
+//! and IPAM dirs before and after that deleting its containers leaves
+//! nothing behind.
+
+mod support;
+
+use cntnr_hook::{HostPortRange, PortProtocol, PortRequest};
+use std::io::{Read, Write};
+use support::*;
+
+fn published(port: u16) -> PortRequest {
+    PortRequest {
+        host_ip: Some("127.0.0.1".parse().unwrap()),
+        host_port: Some(HostPortRange {
+            start: port,
+            end: port,
+        }),
+        container_port: 80,
+        protocol: PortProtocol::Tcp,
+    }
+}
+
+/// HTTP GET `/` on 127.0.0.1:`port` from the host. Retries a refused
+/// connection for 3 s: `runc run -d` returns before httpd listens.
+fn http_get_from_host(port: u16) -> std::io::Result<String> {
+    let start = std::time::Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && start.elapsed().as_secs() < 3 =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn two_containers_on_one_project_network_reach_each_other_by_ip() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("same", 0);
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let req = w.request(vec![net], vec![]);
+    let web = w.bundle(&format!("{p}-web-1"), HTTPD, Some(&req), &[]);
+    let db = w.bundle(&format!("{p}-db-1"), HTTPD, Some(&req), &[]);
+    w.run(&web).unwrap();
+    w.run(&db).unwrap();
+    let (web_ip, db_ip) = (ip_of(&web), ip_of(&db));
+    assert!(
+        web_ip.starts_with("10.250.0.") && db_ip.starts_with("10.250.0."),
+        "{web_ip} {db_ip}"
+    );
+    assert_ne!(web_ip, db_ip);
+    assert_eq!(http_get_ready(&w, &web.id, &db_ip, 80).unwrap(), INDEX);
+    assert_eq!(http_get(&w, &db.id, &web_ip, 80).unwrap(), INDEX);
+
+    // CHECK passes on a wired container.
+    let out = w.hook("check", &w.state(&web.id));
+    assert!(
+        out.status.success(),
+        "check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bridge and IPAM dir exist while containers run; one veth each.
+    let br = &w.bridges()[0];
+    assert_eq!(
+        std::fs::read_dir(format!("/sys/class/net/{br}/brif"))
+            .unwrap()
+            .count(),
+        2
+    );
+
+    w.delete(&web.id).unwrap();
+    // The network stays while db uses it.
+    assert!(std::path::Path::new(&format!("/sys/class/net/{br}")).exists());
+    let db_state = serde_json::json!({"ociVersion": "1.0.2", "id": db.id, "status": "stopped", "bundle": db.bundle});
+    w.delete(&db.id).unwrap();
+    // DEL again with the netns, IPAM entry and pin all gone: still succeeds.
+    let out = w.hook("delete", &db_state);
+    assert!(
+        out.status.success(),
+        "second delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn a_container_on_another_projects_network_cannot_reach_the_first() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("iso", 2);
+    let (pa, pb) = (w.project("a"), w.project("b"));
+    let na = w.network(&pa, "default");
+    let nb = w.network(&pb, "default");
+    let a = w.bundle(
+        &format!("{pa}-db-1"),
+        HTTPD,
+        Some(&w.request(vec![na.clone()], vec![])),
+        &[],
+    );
+    let a2 = w.bundle(
+        &format!("{pa}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![na], vec![])),
+        &[],
+    );
+    let b = w.bundle(
+        &format!("{pb}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![nb], vec![])),
+        &[],
+    );
+    w.run(&a).unwrap();
+    w.run(&a2).unwrap();
+    w.run(&b).unwrap();
+    let (a_ip, b_ip) = (ip_of(&a), ip_of(&b));
+    assert!(
+        !a_ip.starts_with(&b_ip[..b_ip.rfind('.').unwrap()]),
+        "different subnets: {a_ip} {b_ip}"
+    );
+    // Reachable from its own project, so the failure below is isolation.
+    assert_eq!(http_get_ready(&w, &a2.id, &a_ip, 80).unwrap(), INDEX);
+    assert_eq!(http_get_ready(&w, &b.id, &b_ip, 80).unwrap(), INDEX);
+    let e = http_get(&w, &b.id, &a_ip, 80).unwrap_err();
+    assert!(!e.is_empty());
+    assert!(
+        http_get(&w, &a.id, &b_ip, 80).is_err(),
+        "isolation holds both ways"
+    );
+    for c in [&a, &a2, &b] {
+        w.delete(&c.id).unwrap();
+    }
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn a_published_port_on_host_loopback_reaches_the_container() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("port", 4);
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let port = free_port();
+    let web = w.bundle(
+        &format!("{p}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![net], vec![published(port)])),
+        &[],
+    );
+    w.run(&web).unwrap();
+    let res = cntnr_hook::NetResult::read(&web.bundle.join(cntnr_hook::RESULT_FILE))
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.ports.len(), 1);
+    assert_eq!(res.ports[0].host_port, port);
+    let body = http_get_from_host(port).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.") && body.ends_with(INDEX),
+        "{body}"
+    );
+    w.delete(&web.id).unwrap();
+    let e = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the DNAT rule went with the container"
+    );
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn killed_mid_add_then_retried_comes_up_once_with_nothing_leaked() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("kill", 6);
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let port = free_port();
+    let req = w.request(vec![net], vec![published(port)]);
+    let id = format!("{p}-web-1");
+    let c = w.bundle(
+        &id,
+        HTTPD,
+        Some(&req),
+        &["CNTNR_HOOK_FAILPOINT=after-bridge"],
+    );
+    let e = w.run(&c).unwrap_err();
+    assert!(
+        e.contains("hook") && e.contains("killed"),
+        "runc reports the killed hook: {e}"
+    );
+    assert!(!w.exists(&id), "runc removed the failed container");
+    // runc ran the poststop hook after the failed createRuntime: its DEL
+    // already cleaned up what the killed ADD left.
+    assert_eq!(leaks(&before, &snapshot()), Vec::<String>::new());
+
+    // Retry, without the failpoint: comes up once.
+    let c = w.bundle(&id, HTTPD, Some(&req), &[]);
+    w.run(&c).unwrap();
+    let ip = ip_of(&c);
+    let net_dir = std::path::Path::new("/var/lib/cni/networks").join(&w.networks[0]);
+    let reserved: Vec<String> = std::fs::read_dir(&net_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+        .collect();
+    assert_eq!(reserved, [ip], "exactly one address reserved");
+    let br = &w.bridges()[0];
+    assert_eq!(
+        std::fs::read_dir(format!("/sys/class/net/{br}/brif"))
+            .unwrap()
+            .count(),
+        1,
+        "one veth"
+    );
+    assert!(http_get_from_host(port).unwrap().ends_with(INDEX));
+    w.delete(&id).unwrap();
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn a_port_in_use_fails_create_with_a_clear_error_and_leaks_nothing() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("busy", 8);
+
+    // Held by a host process.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let c = w.bundle(
+        &format!("{p}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![net.clone()], vec![published(port)])),
+        &[],
+    );
+    let e = w.run(&c).unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "127.0.0.1:{port}/tcp is already in use on this host"
+        )),
+        "{e}"
+    );
+    drop(holder);
+
+    // Held by another container (portmap binds nothing, so only claims see it).
+    let q = w.project("b");
+    let qnet = w.network(&q, "default");
+    let port = free_port();
+    let first = w.bundle(
+        &format!("{q}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![qnet], vec![published(port)])),
+        &[],
+    );
+    w.run(&first).unwrap();
+    let second = w.bundle(
+        &format!("{p}-web-2"),
+        HTTPD,
+        Some(&w.request(vec![net], vec![published(port)])),
+        &[],
+    );
+    let e = w.run(&second).unwrap_err();
+    assert!(
+        e.contains(&format!("already published by container {}", first.id)),
+        "{e}"
+    );
+    // The first is unaffected.
+    assert!(http_get_from_host(port).unwrap().ends_with(INDEX));
+    w.delete(&first.id).unwrap();
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn an_invalid_network_config_fails_create_with_the_plugins_message() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("bad", 10);
+    let p = w.project("a");
+    let mut req = w.request(vec![], vec![]);
+    req.networks.push(cntnr_hook::NetworkAttachment {
+        conflist: cntnr_hook::ConflistSource::Inline(serde_json::json!({
+            "cniVersion": "1.0.0", "name": format!("cntnr.{p}.bad"),
+            "plugins": [{"type": "bridge", "bridge": "cn-badtest0", "ipam": {"type": "host-local", "ranges": [[{"subnet": "not-a-subnet"}]]}}]
+        })),
+        ifname: None,
+    });
+    w.networks.push(format!("cntnr.{p}.bad"));
+    let c = w.bundle(&format!("{p}-web-1"), HTTPD, Some(&req), &[]);
+    let e = w.run(&c).unwrap_err();
+    assert!(
+        e.contains("CNI ADD network") && e.contains("plugin bridge"),
+        "{e}"
+    );
+    assert!(e.contains("not-a-subnet"), "the plugin's own message: {e}");
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn the_leak_check_sees_a_leftover_bridge_and_rule() {
+    let _g = serial();
+    let before = snapshot();
+    let br = "cn-leakcheck0";
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", br])
+        .output();
+    assert!(std::process::Command::new("ip")
+        .args(["link", "add", br, "type", "bridge"])
+        .status()
+        .unwrap()
+        .success());
+    let r = std::panic::catch_unwind(|| {
+        cntnr_hook::firewall::ensure_network_rules(br, Some("10.250.30.0/24".parse().unwrap()))
+            .unwrap();
+        leaks(&before, &snapshot())
+    });
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", br])
+        .output();
+    cntnr_hook::firewall::remove_network_rules(br, Some("10.250.30.0/24".parse().unwrap()))
+        .unwrap();
+    let l = r.unwrap();
+    assert!(l.iter().any(|l| l == &format!("link {br}")), "{l:?}");
+    assert!(
+        l.iter().any(|l| l.contains(&format!("-i {br} ! -o {br}"))),
+        "{l:?}"
+    );
+    assert!(
+        l.iter()
+            .any(|l| l.contains("-j MASQUERADE") && l.contains(br)),
+        "{l:?}"
+    );
+    assert!(leaks(&before, &snapshot()).is_empty());
+}
+
+#[test]
+fn killed_mid_add_without_poststop_the_retry_cleans_up_first() {
+    // The worst case: the hook is killed and nobody runs DEL (runc itself
+    // died too). The leftovers are real; the next create of the same id
+    // removes them before its ADD.
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("nops", 12);
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let port = free_port();
+    let req = w.request(vec![net], vec![published(port)]);
+    let id = format!("{p}-web-1");
+    let c = w.bundle(&id, HTTPD, Some(&req), &[]);
+    strip_hooks(&c);
+    w.create(&c).unwrap();
+    let state = w.state(&id);
+
+    let out = w.hook_env(
+        "create",
+        &state,
+        &[("CNTNR_HOOK_FAILPOINT", "after-portmap")],
+    );
+    assert!(!out.status.success());
+    let left = leaks(&before, &snapshot());
+    assert!(
+        left.iter().any(|l| l.starts_with("link cn-")),
+        "the bridge is left: {left:?}"
+    );
+    assert!(
+        left.iter().any(|l| l.contains("CNI-DN-")),
+        "portmap's chain is left: {left:?}"
+    );
+
+    let out = w.hook("create", &state);
+    assert!(
+        out.status.success(),
+        "retry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ip = ip_of(&c);
+    let net_dir = std::path::Path::new("/var/lib/cni/networks").join(&w.networks[0]);
+    let reserved: Vec<String> = std::fs::read_dir(&net_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+        .collect();
+    assert_eq!(reserved, [ip], "exactly one address reserved");
+    let br = &w.bridges()[0];
+    assert_eq!(
+        std::fs::read_dir(format!("/sys/class/net/{br}/brif"))
+            .unwrap()
+            .count(),
+        1,
+        "one veth"
+    );
+    let dnat = snapshot()
+        .iptables
+        .iter()
+        .filter(|l| l.contains("-j DNAT") && l.contains(&format!("--dport {port} ")))
+        .count();
+    assert_eq!(dnat, 1, "one DNAT rule for the port");
+
+    let out = w.hook("delete", &state);
+    assert!(
+        out.status.success(),
+        "delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.delete(&id).unwrap();
+    assert_no_leaks(&w, &before);
+}
