@@ -72,6 +72,8 @@ struct Inner {
     rescan: Duration,
     registry_prefix: String,
     reaper: CancellationToken,
+    /// Scans run by watches since the store was opened (see `watch_scans`).
+    scans: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -434,6 +436,14 @@ impl Inner {
 }
 
 impl DirStore {
+    /// How many directory scans the watches of this store have run. An idle
+    /// watch scans once per rescan period, plus once per inotify change; a
+    /// number growing faster means watches wake themselves (for metrics and
+    /// the regression test of that bug).
+    pub fn watch_scans(&self) -> u64 {
+        self.inner.scans.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens (creating if needed) the store at `root` and starts its reaper
     /// (needs a tokio runtime). Reaps sessions of dead processes at once.
     pub fn open(root: &Path, opts: &ConnectOptions) -> Result<DirStore> {
@@ -448,6 +458,7 @@ impl DirStore {
             rescan: opts.dir_rescan,
             registry_prefix: opts.registry_prefix.clone(),
             reaper: CancellationToken::new(),
+            scans: std::sync::atomic::AtomicU64::new(0),
         });
         inner.reap_expired()?;
         let weak: Weak<Inner> = Arc::downgrade(&inner);
@@ -514,6 +525,10 @@ impl LevelSource for DirLevel {
                 _ = tokio::time::sleep(self.store.inner.rescan) => {}
             }
         }
+        self.store
+            .inner
+            .scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = prefix.to_string();
         let cache = self
             .last
@@ -693,7 +708,19 @@ impl Store for DirStore {
                     || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
             };
             let ours = matches!(&res, Ok(ev) if !ev.paths.is_empty() && ev.paths.iter().all(|p| hidden(p)));
-            if !ours {
+            // Reads (opening a directory or file) are not changes. A rescan
+            // itself opens every directory, so waking on them would turn one
+            // change into an endless rescan loop. Only a close after writing
+            // counts among access events.
+            let read_only = matches!(
+                &res,
+                Ok(ev) if matches!(
+                    ev.kind,
+                    notify::EventKind::Access(a)
+                        if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write)
+                )
+            );
+            if !ours && !read_only {
                 w.notify_one();
             }
         })

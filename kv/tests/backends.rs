@@ -502,3 +502,53 @@ async fn consul_watch_survives_frozen_agent() {
         .unwrap();
     watch_survives_frozen_server(&consul.store_url(), || consul.pause(), || consul.resume()).await;
 }
+
+/// Regression: a dir watch's own scan opens directories, and inotify reports
+/// those reads; waking on them made an idle watch rescan hundreds of times a
+/// second (an idle agent burned a whole core). Idle, with a one-hour rescan
+/// period, a watch must scan only on real changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dir_idle_watch_does_not_wake_itself() {
+    use cntnr_kv::Store;
+    let d = tempfile::tempdir().unwrap();
+    let o = ConnectOptions {
+        dir_rescan: Duration::from_secs(3600),
+        ..opts()
+    };
+    let store = cntnr_kv::dir::DirStore::open(d.path(), &o).unwrap();
+    for i in 0..20 {
+        store
+            .put(&format!("cntnr/projects/p{i}"), b"yaml")
+            .await
+            .unwrap();
+    }
+    let mut w = store.watch("cntnr/projects/", WatchFrom::Start);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 20 {
+        let ev = timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("initial events")
+            .expect("stream open")
+            .expect("no error");
+        seen.insert(ev.key);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = store.watch_scans();
+    // Drive the stream while idle: nothing may arrive, and scans must not run.
+    let idle = timeout(Duration::from_secs(2), w.next()).await;
+    assert!(idle.is_err(), "idle watch produced {idle:?}");
+    let idle_scans = store.watch_scans() - before;
+    assert!(
+        idle_scans <= 2,
+        "an idle dir watch ran {idle_scans} scans in 2 s: it wakes itself"
+    );
+    // A real change still wakes it, long before the rescan period.
+    store.put("cntnr/projects/new", b"v2").await.unwrap();
+    let ev = timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("a real write is seen without waiting for the rescan period")
+        .expect("stream open")
+        .expect("no error");
+    assert_eq!(ev.key, "cntnr/projects/new");
+    assert_eq!(ev.value, b"v2");
+}
