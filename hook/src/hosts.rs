@@ -14,6 +14,13 @@ use std::path::Path;
 
 /// Where the bundle builder mounts the container's hosts dir (read-only).
 pub const HOSTS_DIR_IN_CONTAINER: &str = "/run/cntnr/net";
+/// The hosts dir inside the bundle (mounted at [`HOSTS_DIR_IN_CONTAINER`]).
+pub const HOSTS_DIR_IN_BUNDLE: &str = "net";
+
+/// The hosts file of the container whose bundle is `bundle`.
+pub fn hosts_path(bundle: &Path) -> std::path::PathBuf {
+    bundle.join(HOSTS_DIR_IN_BUNDLE).join("hosts")
+}
 
 /// A running replica of the project, as the agent observes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

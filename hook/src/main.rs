@@ -3,9 +3,9 @@
 //!
 //! Time budget, from `CNTNR_HOOK_TIMEOUT` (seconds, default 30; the OCI
 //! hook `timeout` is the same value, after which runc kills the hook):
-//! plugins of ADD must finish within two thirds of it, the rollback of a
-//! failed ADD within the rest minus one second, and a watchdog exits the
-//! process one second before runc would kill it. A killed hook (runc's
+//! ADD's plugins get 60% of (timeout - 1.2 s), the rollback of a failed ADD
+//! the remaining 40%, and a watchdog exits the process one second before
+//! runc would kill it. A killed hook (runc's
 //! timeout, the failpoint) leaves the pin behind: the poststop DEL runc runs
 //! next, or the next create of the same id, cleans up.
 
@@ -53,8 +53,10 @@ fn run(verb: &str, start: Instant, total: Duration) -> Result<(), String> {
             "needs root: rootless agents run containers on the host network, without CNI".into(),
         );
     }
-    let add_deadline = start + total * 2 / 3;
-    let end = start + total - Duration::from_millis(1500);
+    // The watchdog fires at total - 1 s; rollback must end before it, and
+    // gets 40% of what is left after ADD's share.
+    let end = start + total - Duration::from_millis(1200);
+    let add_deadline = start + (total - Duration::from_millis(1200)) * 3 / 5;
     let failpoint = std::env::var(FAILPOINT_ENV).ok();
     let r = match verb {
         "create" => {

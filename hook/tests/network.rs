@@ -423,3 +423,102 @@ fn killed_mid_add_without_poststop_the_retry_cleans_up_first() {
     w.delete(&id).unwrap();
     assert_no_leaks(&w, &before);
 }
+
+#[test]
+fn a_plugin_that_hangs_hits_the_hook_timeout_and_is_rolled_back() {
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("hang", 14);
+    let p = w.project("a");
+    // A plugin that never answers ADD, chained after the real bridge plugin.
+    let plugins = w.dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let hang = plugins.join("hang");
+    std::fs::write(
+        &hang,
+        "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && exec sleep 60\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hang, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let name = format!("cntnr.{p}.hang");
+    w.networks.push(name.clone());
+    let mut req = w.request(vec![], vec![]);
+    req.cni_path = Some(format!("{}:/usr/lib/cni", plugins.display()));
+    req.networks.push(cntnr_hook::NetworkAttachment {
+        conflist: cntnr_hook::ConflistSource::Inline(serde_json::json!({
+            "cniVersion": "1.0.0", "name": name,
+            "plugins": [
+                {"type": "bridge", "bridge": cntnr_hook::conflist::bridge_name(&name), "isGateway": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.14.0/24"}]]}},
+                {"type": "hang"}
+            ]
+        })),
+        ifname: None,
+    });
+    let id = format!("{p}-web-1");
+    let c = w.bundle(&id, HTTPD, Some(&req), &[]);
+    strip_hooks(&c);
+    w.create(&c).unwrap();
+    let state = w.state(&id);
+    let t = std::time::Instant::now();
+    let out = w.hook_env("create", &state, &[("CNTNR_HOOK_TIMEOUT", "4")]);
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("plugin hang did not finish in time"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "within the hook's budget: {took:?}"
+    );
+    // The rollback removed what the bridge plugin had set up.
+    assert_eq!(leaks(&before, &snapshot()), Vec::<String>::new());
+    w.delete(&id).unwrap();
+    assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn service_names_resolve_through_an_atomically_rewritten_hosts_file() {
+    use cntnr_hook::hosts::{hosts_file, hosts_path, write_atomic, ReplicaAddr};
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("names", 16);
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let req = w.request(vec![net], vec![]);
+    let web = w.bundle(&format!("{p}-web-1"), HTTPD, Some(&req), &[]);
+    let db = w.bundle(&format!("{p}-db-1"), HTTPD, Some(&req), &[]);
+    w.run(&web).unwrap();
+    w.run(&db).unwrap();
+    let replica = |c: &Container, service: &str| ReplicaAddr {
+        service: service.into(),
+        replica: 1,
+        container_id: c.id.clone(),
+        ip: ip_of(c).parse().unwrap(),
+        aliases: vec![],
+    };
+    // What the agent does when replicas change: render, replace atomically.
+    let all = [replica(&web, "web"), replica(&db, "db")];
+    let content = hosts_file(&web.id, Some(all[0].ip), &all, &[]);
+    write_atomic(&hosts_path(&web.bundle), content.as_bytes()).unwrap();
+    // The rename is seen inside the running container (dir mount + symlink).
+    let out = w.exec(&web.id, &["cat", "/etc/hosts"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), content);
+    // And the name resolves: `db` reaches db's httpd.
+    assert_eq!(http_get_ready(&w, &web.id, "db", 80).unwrap(), INDEX);
+
+    // db restarts with a new IP: the file follows.
+    w.delete(&db.id).unwrap();
+    let db = w.bundle(&format!("{p}-db-2"), HTTPD, Some(&req), &[]);
+    w.run(&db).unwrap();
+    let all = [replica(&web, "web"), replica(&db, "db")];
+    let content = hosts_file(&web.id, Some(all[0].ip), &all, &[]);
+    write_atomic(&hosts_path(&web.bundle), content.as_bytes()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&w.exec(&web.id, &["cat", "/etc/hosts"]).stdout)
+            .contains(&format!("{}\tdb ", ip_of(&db)))
+    );
+    assert_eq!(http_get_ready(&w, &web.id, "db", 80).unwrap(), INDEX);
+    w.delete(&web.id).unwrap();
+    w.delete(&db.id).unwrap();
+    assert_no_leaks(&w, &before);
+}

@@ -33,6 +33,9 @@ pub fn build_rootfs(root: &Path) {
     }
     std::fs::write(root.join("www/index.html"), INDEX).unwrap();
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+    // As the bundle builder must do: /etc/hosts points into the hosts dir.
+    std::os::unix::fs::symlink("/run/cntnr/net/hosts", root.join("etc/hosts")).unwrap();
+    std::fs::create_dir_all(root.join("run/cntnr/net")).unwrap();
 }
 
 /// One test's world: temp dirs, a test-only subnet pool, its runc root.
@@ -137,6 +140,13 @@ impl World {
         c["hostname"] = json!(id);
         let mut mounts = c["mounts"].as_array().unwrap().clone();
         mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}));
+        let hosts_dir = bundle.join(cntnr_hook::hosts::HOSTS_DIR_IN_BUNDLE);
+        std::fs::create_dir_all(&hosts_dir).unwrap();
+        std::fs::write(hosts_dir.join("hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        mounts.push(
+            json!({"destination": cntnr_hook::hosts::HOSTS_DIR_IN_CONTAINER, "type": "bind",
+            "source": hosts_dir, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}),
+        );
         c["mounts"] = json!(mounts);
         match req {
             Some(req) => {
