@@ -16,7 +16,7 @@ use etcd_client::{
 };
 use tokio::sync::Mutex;
 
-use crate::registry::{self, Record};
+use crate::registry;
 use crate::session::{Session, SessionOps};
 use crate::store::{
     Entry, EventKind, Health, Holder, Leadership, Registration, ServiceInstance, ServiceStream,
@@ -717,10 +717,7 @@ impl Store for EtcdStore {
     }
 
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {
-        let key = registry::record_key(&self.registry_prefix, &reg.name, &reg.id)?;
-        self.put_bound(session, &key, &Record::new(reg).encode())
-            .await?;
-        Ok(())
+        registry::register_record(self, &self.registry_prefix, session, reg).await
     }
 
     async fn set_check(
@@ -731,20 +728,15 @@ impl Store for EtcdStore {
         health: Health,
         output: &str,
     ) -> Result<()> {
-        let key = registry::record_key(&self.registry_prefix, name, id)?;
-        let Some(cur) = self.get(&key).await? else {
-            return Err(Error::Server {
-                op: format!("updating check of {name}/{id}"),
-                message: "instance not registered".into(),
-                retryable: false,
-            });
-        };
-        let mut rec = Record::decode(&key, &cur.value)?;
-        rec.status = health;
-        rec.output = output.to_string();
-        rec.updated_ms = registry::now_ms();
-        self.put_bound(session, &key, &rec.encode()).await?;
-        Ok(())
+        registry::set_check_record(
+            self,
+            &self.registry_prefix,
+            session,
+            (name, id),
+            health,
+            output,
+        )
+        .await
     }
 
     async fn deregister(&self, name: &str, id: &str) -> Result<()> {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::session::Session;
 use crate::store::{
     Health, Registration, ServiceInstance, ServiceStream, Snapshot, Store, WatchFrom,
 };
@@ -110,6 +111,47 @@ pub(crate) fn record_key(prefix: &str, name: &str, id: &str) -> Result<String> {
 
 pub(crate) fn service_prefix(prefix: &str, name: &str) -> String {
     format!("{}/{}/", prefix.trim_end_matches('/'), name)
+}
+
+/// `Store::register` for the record-based backends (etcd, dir): the record,
+/// passing, bound to `session`. Idempotent.
+pub(crate) async fn register_record<S: Store + ?Sized>(
+    store: &S,
+    prefix: &str,
+    session: &Session,
+    reg: &Registration,
+) -> Result<()> {
+    let key = record_key(prefix, &reg.name, &reg.id)?;
+    store
+        .put_bound(session, &key, &Record::new(reg).encode())
+        .await?;
+    Ok(())
+}
+
+/// `Store::set_check` for the record-based backends: rewrites the record
+/// with the new status, bound to `session`. Fails if it is not registered.
+pub(crate) async fn set_check_record<S: Store + ?Sized>(
+    store: &S,
+    prefix: &str,
+    session: &Session,
+    (name, id): (&str, &str),
+    health: Health,
+    output: &str,
+) -> Result<()> {
+    let key = record_key(prefix, name, id)?;
+    let Some(cur) = store.get(&key).await? else {
+        return Err(Error::Server {
+            op: format!("updating check of {name}/{id}"),
+            message: "instance not registered".into(),
+            retryable: false,
+        });
+    };
+    let mut rec = Record::decode(&key, &cur.value)?;
+    rec.status = health;
+    rec.output = output.to_string();
+    rec.updated_ms = now_ms();
+    store.put_bound(session, &key, &rec.encode()).await?;
+    Ok(())
 }
 
 /// Instances in a snapshot of a service prefix, sorted by id. Records that
