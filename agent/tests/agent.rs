@@ -121,7 +121,10 @@ fn invalid_project_does_not_stop_the_agent(kind: Kind) {
     );
     std::fs::write(
         dir.join("b.yaml"),
-        "services:\n  api:\n    image: busybox\n",
+        format!(
+            "services:\n  api:\n    image: {}\n    network_mode: none\n    command: [sleep, '3600']\n",
+            common::test_image_ref()
+        ),
     )
     .unwrap();
     let out = s.cntnr(dir, &["deploy", "-f", "b.yaml", "-p", "b"]);
@@ -187,7 +190,14 @@ fn invalid_project_does_not_stop_the_agent(kind: Kind) {
 
     // Fixing A over the watch clears its error; removing B removes its
     // status; the metrics count the projects.
-    std::fs::write(dir.join("a.yaml"), "services:\n  web:\n    image: nginx\n").unwrap();
+    std::fs::write(
+        dir.join("a.yaml"),
+        format!(
+            "services:\n  web:\n    image: {}\n    network_mode: none\n    command: [sleep, '3600']\n",
+            common::test_image_ref()
+        ),
+    )
+    .unwrap();
     let out = s.cntnr(dir, &["deploy", "-f", "a.yaml", "-p", "a"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     common::wait_for(WAIT, "A's error to clear", || {

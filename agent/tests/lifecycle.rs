@@ -188,7 +188,8 @@ fn a_change_made_while_the_store_was_down_is_seen_after_it_returns() {
     let put = etcd.etcdctl(&[
         "put",
         &s.key("projects/late"),
-        "services:\n  web:\n    image: busybox\n",
+        // Never pulled: no network in tests.
+        "services:\n  web:\n    image: busybox\n    pull_policy: never\n",
     ]);
     assert!(put.status.success(), "{put:?}");
     common::wait_for(WAIT, "the project written after the outage", || {

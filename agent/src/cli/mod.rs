@@ -15,6 +15,8 @@ use crate::store::{ConnectArgs, StoreConfig};
 
 pub mod config;
 pub mod deploy;
+pub mod image;
+pub mod logs;
 pub mod ls;
 pub mod nodes;
 pub mod ps;
@@ -75,6 +77,11 @@ pub enum Command {
     /// Values a project's containers read through `cntnr.env.*: kv:KEY`.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// A container's output on this node (from its log file).
+    Logs(logs::LogsArgs),
+    /// This node's image store: pull, import, ls, rm.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// How long the CLI waits for an unreachable store before giving up.
@@ -83,8 +90,18 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Parses the process arguments and runs the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Validate(args) = &cli.command {
-        return validate::run(&cli, args);
+    // Local commands: no cluster store needed.
+    let local = match &cli.command {
+        Command::Validate(args) => return validate::run(&cli, args),
+        Command::Logs(args) => Some(logs::run(&state_dir(&cli), args)),
+        Command::Image(cmd) => Some(image::run(&state_dir(&cli), cli.json, cmd)),
+        _ => None,
+    };
+    if let Some(r) = local {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,6 +116,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `--state-dir`, else the agent's default.
+fn state_dir(cli: &Cli) -> PathBuf {
+    cli.state_dir
+        .clone()
+        .unwrap_or_else(crate::store::default_state_dir)
+}
+
 /// Prints a user error as one line and returns exit code 1.
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {}", format!("{e:#}").replace(['\n', '\r'], " "));
@@ -108,7 +132,9 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let ctx = Ctx::open(cli).await?;
     match &cli.command {
-        Command::Validate(_) => unreachable!("validate needs no store and returned above"),
+        Command::Validate(_) | Command::Logs(_) | Command::Image(_) => {
+            unreachable!("local commands need no store and returned above")
+        }
         Command::Deploy(a) => deploy::run(&ctx, a).await,
         Command::Rm(a) => rm::run(&ctx, a).await,
         Command::Ls => ls::run(&ctx).await,

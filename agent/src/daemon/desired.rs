@@ -18,7 +18,6 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::status::StatusMsg;
 use super::Shared;
 
 /// One project as last seen in the store.
@@ -157,13 +156,14 @@ async fn list_until_ok(
 }
 
 /// Lists and then watches `projects/` and `schedule/`, keeping
-/// `shared.desired` current and sending each affected project's status to
-/// the status writer. Marks the agent ready after the first full sync.
+/// `shared.desired` current and triggering a reconcile of each affected
+/// project (the reconciler writes its status). Marks the agent ready after
+/// the first full sync.
 /// Returns when cancelled, or with an error when a watch ends for good.
 pub async fn run(
     store: DynStore,
     shared: Arc<Shared>,
-    status: mpsc::UnboundedSender<StatusMsg>,
+    triggers: mpsc::UnboundedSender<ProjectName>,
     cancel: CancellationToken,
 ) -> Result<()> {
     let prefix = shared.prefix.clone();
@@ -192,10 +192,11 @@ pub async fn run(
     };
     affected.extend(gone.into_iter().map(Affected::Project));
     *shared.desired.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-    for a in affected {
-        publish(&shared, &status, a);
-    }
     shared.mark_ready();
+    for a in affected {
+        publish(&shared, &triggers, a);
+    }
+    shared.desired_changed();
 
     let mut projects = store.watch(&pdir, WatchFrom::Snapshot(psnap));
     let mut schedules = store.watch(&sdir, WatchFrom::Snapshot(ssnap));
@@ -219,14 +220,16 @@ pub async fn run(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .apply(&prefix, ev.kind, &ev.key, &ev.value, ev.version);
-                publish(&shared, &status, a);
+                publish(&shared, &triggers, a);
+                shared.desired_changed();
             }
         }
     }
 }
 
-/// Sends the new status of an affected project and updates the metrics.
-fn publish(shared: &Shared, status: &mpsc::UnboundedSender<StatusMsg>, a: Affected) {
+/// Triggers a reconcile of an affected project (which writes its status)
+/// and updates the metrics.
+fn publish(shared: &Shared, triggers: &mpsc::UnboundedSender<ProjectName>, a: Affected) {
     match a {
         Affected::Project(p) => {
             let (record, counts) = {
@@ -239,12 +242,8 @@ fn publish(shared: &Shared, status: &mpsc::UnboundedSender<StatusMsg>, a: Affect
                     tracing::warn!(project = %p, error = %e, "project is broken");
                 }
             }
-            let msg = match record {
-                Some(r) => StatusMsg::Put(p, r),
-                None => StatusMsg::Delete(p),
-            };
-            // The writer outlives this task within a session.
-            let _ = status.send(msg);
+            // The reconciler outlives this task within a session.
+            let _ = triggers.send(p);
         }
         Affected::Ignored(what) => {
             tracing::warn!(key = %what, "ignoring a key that is not part of the store layout");

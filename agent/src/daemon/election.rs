@@ -1,5 +1,6 @@
 //! Leader election: every agent campaigns for `<prefix>/leader` (value: its
-//! node name) with the store's lock, under its session. Who leads is
+//! node name) with the store's lock, under its session. The leader runs
+//! placement ([`super::scheduler`]) for as long as it leads. Who leads is
 //! followed with a watch of that key, so `/status` and `cntnr nodes` can
 //! say who it is. Leadership ends with the session, on resign at shutdown,
 //! or when the key shows another holder.
@@ -111,28 +112,48 @@ pub async fn campaign(
         holder.borrow_and_update();
         tracing::info!(token = leadership.token, "elected leader");
         shared.set_leading(Some(leadership.token));
-        let resign = loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break true,
-                _ = leadership.lost() => {
-                    tracing::warn!("leadership lost with the session");
-                    break false;
-                }
-                changed = holder.changed() => {
-                    if changed.is_err() {
-                        break true;
+        // Placement runs for as long as this leadership holds.
+        let placing = cancel.child_token();
+        let resign = {
+            let scheduler =
+                super::scheduler::run(store.clone(), shared.clone(), &leadership, placing.clone());
+            tokio::pin!(scheduler);
+            let mut scheduling = true;
+            let resign = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break true,
+                    r = &mut scheduler, if scheduling => {
+                        scheduling = false;
+                        if let Err(e) = r {
+                            tracing::warn!(error = %format!("{e:#}"), "placement stopped: no longer leader");
+                            break false;
+                        }
                     }
-                    let other = holder
-                        .borrow_and_update()
-                        .as_ref()
-                        .is_some_and(|h| h.session_id != leadership.session_id);
-                    // A read in flight across the win can be stale: confirm.
-                    if other && !still_ours(&store, &key, &leadership.session_id).await {
-                        tracing::warn!("the leader key shows another holder: no longer leader");
+                    _ = leadership.lost() => {
+                        tracing::warn!("leadership lost with the session");
                         break false;
                     }
+                    changed = holder.changed() => {
+                        if changed.is_err() {
+                            break true;
+                        }
+                        let other = holder
+                            .borrow_and_update()
+                            .as_ref()
+                            .is_some_and(|h| h.session_id != leadership.session_id);
+                        // A read in flight across the win can be stale: confirm.
+                        if other && !still_ours(&store, &key, &leadership.session_id).await {
+                            tracing::warn!("the leader key shows another holder: no longer leader");
+                            break false;
+                        }
+                    }
                 }
+            };
+            placing.cancel();
+            if scheduling {
+                let _ = (&mut scheduler).await;
             }
+            resign
         };
         shared.set_leading(None);
         if resign || leadership.is_held() {

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Labels naming a store operation (`list`, `watch`, `put_bound`, …).
@@ -27,6 +28,20 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels naming a container action (`create`, `start`, `stop`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The action.
+    pub kind: String,
+}
+
+/// Labels of a reconcile pass's result (`ok`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// The result.
+    pub result: String,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +51,10 @@ pub struct Metrics {
     projects: Family<StateLabels, Gauge>,
     leader: Gauge,
     sessions: Counter,
+    reconcile_seconds: Family<ResultLabels, Histogram>,
+    actions: Family<ActionLabels, Counter>,
+    action_failures: Family<ActionLabels, Counter>,
+    containers: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,8 +93,38 @@ impl Metrics {
             "Store sessions created (more than one: the session was lost or credentials reloaded)",
             sessions.clone(),
         );
+        let reconcile_seconds = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        let actions = Family::<ActionLabels, Counter>::default();
+        let action_failures = Family::<ActionLabels, Counter>::default();
+        let containers = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile pass of a project took, by result (ok, error)",
+            reconcile_seconds.clone(),
+        );
+        registry.register(
+            "actions",
+            "Container actions applied, by kind (create, start, stop, remove, recreate, restart)",
+            actions.clone(),
+        );
+        registry.register(
+            "action_failures",
+            "Container actions that failed, by kind",
+            action_failures.clone(),
+        );
+        registry.register(
+            "containers",
+            "This node's containers, by state (pending, created, running, paused, stopped, failed)",
+            containers.clone(),
+        );
         Metrics {
             registry,
+            reconcile_seconds,
+            actions,
+            action_failures,
+            containers,
             store_errors,
             watch_events,
             projects,
@@ -119,6 +168,46 @@ impl Metrics {
     /// Counts a created session.
     pub fn session_created(&self) {
         self.sessions.inc();
+    }
+
+    /// Records one reconcile pass.
+    pub fn reconciled(&self, took: std::time::Duration, ok: bool) {
+        self.reconcile_seconds
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts an applied action.
+    pub fn action(&self, kind: &str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed action.
+    pub fn action_failed(&self, kind: &str) {
+        self.action_failures
+            .get_or_create(&ActionLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the container counts by state (states not given are 0).
+    pub fn set_containers(&self, counts: &std::collections::BTreeMap<&'static str, i64>) {
+        for state in [
+            "pending", "created", "running", "paused", "stopped", "failed",
+        ] {
+            self.containers
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(counts.get(state).copied().unwrap_or(0));
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -14,9 +14,12 @@
 
 pub mod desired;
 pub mod election;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod reconciler;
+pub mod scheduler;
 pub mod signals;
 pub mod status;
 
@@ -95,6 +98,17 @@ pub struct AgentArgs {
     /// Allow services with `network_mode: host`.
     #[arg(long)]
     pub allow_host_network: bool,
+    /// The longest time between two reconcile passes of a project (heals
+    /// whatever a missed event left behind).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub resync: Duration,
+    /// Container actions run at once per project (independent containers
+    /// are created concurrently up to this limit).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
+    pub parallel: u16,
+    /// A registry (`host[:port]`) reached over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
 }
 
 fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
@@ -148,6 +162,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Projects and schedules.
     pub desired: Mutex<DesiredState>,
+    /// Bumped on every change of `desired` (the leader's placement loop
+    /// follows it).
+    desired_rev: watch::Sender<u64>,
     leader: Mutex<LeaderView>,
     session: Mutex<Option<String>>,
     ready: AtomicBool,
@@ -180,6 +197,21 @@ impl Shared {
     /// Who leads, as last seen.
     pub fn leader(&self) -> LeaderView {
         self.lock_leader().clone()
+    }
+
+    /// Whether the first full sync of the desired state is done.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Signals a change of the desired state.
+    pub fn desired_changed(&self) {
+        self.desired_rev.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Follows changes of the desired state.
+    pub fn desired_changes(&self) -> watch::Receiver<u64> {
+        self.desired_rev.subscribe()
     }
 
     /// Marks the first full sync done: `READY=1` to systemd, once.
@@ -334,6 +366,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         leader_key: config.leader_key(),
         metrics: Metrics::new(),
         desired: Mutex::new(DesiredState::default()),
+        desired_rev: watch::channel(0).0,
         leader: Mutex::new(LeaderView::default()),
         session: Mutex::new(None),
         ready: AtomicBool::new(false),
@@ -352,6 +385,22 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             "policy": policy,
         }),
     });
+    let host = host::Host::new(
+        &state_dir,
+        &runtime_root,
+        node.as_str(),
+        &policy,
+        &args.insecure_registries,
+    )?;
+    let engine = Arc::new(reconciler::Engine::new(
+        host,
+        shared.clone(),
+        reconciler::Tuning {
+            resync: args.resync,
+            parallel: usize::from(args.parallel),
+            backoff: cntnr_reconcile::plan::Backoff::default(),
+        },
+    ));
     let node_record = cntnr_model::records::NodeRecord {
         labels,
         address,
@@ -376,6 +425,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             };
             let epoch = Epoch {
                 store,
+                engine: engine.clone(),
                 shared: shared.clone(),
                 signals: signals.clone(),
                 ttl: args.session_ttl,
@@ -425,6 +475,7 @@ enum Outcome {
 /// One session's worth of agent.
 struct Epoch {
     store: DynStore,
+    engine: Arc<reconciler::Engine>,
     shared: Arc<Shared>,
     signals: Signals,
     ttl: Duration,
@@ -492,11 +543,22 @@ impl Epoch {
             status_rx,
             status_cancel.clone(),
         ));
+        let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
         tasks.spawn(named(
             "desired",
             desired::run(
                 self.store.clone(),
                 shared.clone(),
+                trigger_tx.clone(),
+                cancel.clone(),
+            ),
+        ));
+        tasks.spawn(named(
+            "reconciler",
+            reconciler::run(
+                self.engine.clone(),
+                trigger_tx,
+                trigger_rx,
                 status_tx,
                 cancel.clone(),
             ),

@@ -136,48 +136,92 @@ impl TestStore {
     pub fn agent_with(&self, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let state = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let log = state.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_cntnr-agent"))
-            .args([
-                "--store",
-                &self.url,
-                "--prefix",
-                &self.prefix,
-                "--node",
-                node,
-            ])
-            .arg("--state-dir")
-            .arg(state.path())
-            .arg("--runtime-root")
-            .arg(state.path().join("runc"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env_remove("CNTNR_STORE")
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "info")
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn cntnr-agent");
-        Agent {
-            child,
+        let mut args: Vec<std::ffi::OsString> = [
+            "--store",
+            &self.url,
+            "--prefix",
+            &self.prefix,
+            "--node",
+            node,
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        args.push("--state-dir".into());
+        args.push(state.path().into());
+        args.push("--runtime-root".into());
+        args.push(state.path().join("runc").into());
+        args.push("--listen".into());
+        args.push(format!("127.0.0.1:{port}").into());
+        args.extend(extra.iter().map(Into::into));
+        let mut agent = Agent {
+            child: None,
             node: node.to_string(),
             port,
-            log,
+            log: state.path().join("agent.log"),
+            args,
+            starts: 0,
             _state: state,
-        }
+        };
+        agent.spawn(env);
+        agent
     }
 }
 
-/// A running `cntnr-agent`, killed on drop.
+/// A running `cntnr-agent`, killed on drop (and every container it left
+/// deleted, every bundle unmounted).
 pub struct Agent {
-    pub child: Child,
+    child: Option<Child>,
     pub node: String,
     pub port: u16,
     pub log: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    starts: u32,
     _state: tempfile::TempDir,
+}
+
+impl Agent {
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        self.starts += 1;
+        if self.starts > 1 {
+            self.log = self
+                ._state
+                .path()
+                .join(format!("agent-{}.log", self.starts));
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_cntnr-agent"))
+            .args(&self.args)
+            .env_remove("CNTNR_STORE")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .expect("spawn cntnr-agent");
+        self.child = Some(child);
+    }
+
+    /// The agent process.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("agent started")
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent started").id()
+    }
+
+    /// Starts the agent again (same flags, state dir and runc root; a new
+    /// log file), killing the old process if it still runs.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn(env);
+    }
 }
 
 impl Agent {
@@ -194,21 +238,21 @@ impl Agent {
 
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
             .expect("kill")
             .success();
-        assert!(ok, "kill -{sig} {}", self.child.id());
+        assert!(ok, "kill -{sig} {}", self.pid());
     }
 
     pub fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
+        self.child().try_wait().expect("try_wait").is_none()
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
+            if let Some(st) = self.child().try_wait().expect("try_wait") {
                 return st;
             }
             assert!(
@@ -226,11 +270,111 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The agent's state dir.
+    pub fn state_dir(&self) -> &Path {
+        self._state.path()
+    }
+
+    /// Its runc `--root`.
+    pub fn runtime_root(&self) -> PathBuf {
+        self._state.path().join("runc")
+    }
+
+    /// `runc list` under its root: (id, status).
+    pub fn runc_list(&self) -> Vec<(String, String)> {
+        runc_list(&self.runtime_root())
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        cleanup_runtime(&self.runtime_root(), self._state.path());
     }
+}
+
+/// `runc --root ROOT list`: (id, status) of every container.
+pub fn runc_list(root: &Path) -> Vec<(String, String)> {
+    if !root.exists() {
+        return Vec::new();
+    }
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "--format", "json"])
+        .output()
+        .expect("run runc list");
+    assert!(out.status.success(), "runc list: {out:?}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["id"].as_str().unwrap_or_default().to_string(),
+                        c["status"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes every container under `root` and unmounts every bundle rootfs
+/// under `state` (what an agent killed by a test leaves behind).
+pub fn cleanup_runtime(root: &Path, state: &Path) {
+    for (id, _) in runc_list(root) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", &id])
+            .output();
+    }
+    if let Ok(rd) = std::fs::read_dir(state.join("bundles")) {
+        for e in rd.flatten() {
+            let rootfs = e.path().join("rootfs");
+            let _ = Command::new("umount").arg(&rootfs).output();
+        }
+    }
+}
+
+/// An OCI layout of the example busybox image (tag `latest`), built once
+/// per workspace with `examples/hello/build-image.sh` into
+/// `target/test-image` (a build artefact like the binaries, reused across
+/// runs; reproducible, so concurrent builders agree).
+pub fn test_image() -> PathBuf {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let root = cntnr_e2e::workspace_root();
+            let dest = root.join("target/test-image");
+            if dest.join("index.json").exists() {
+                return dest;
+            }
+            let tmp = root.join(format!("target/.test-image-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let out = Command::new(root.join("examples/hello/build-image.sh"))
+                .arg(&tmp)
+                .output()
+                .expect("run build-image.sh");
+            assert!(out.status.success(), "build-image.sh: {out:?}");
+            if std::fs::rename(&tmp, &dest).is_err() {
+                // Another test binary won the race; same content.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            dest
+        })
+        .clone()
+}
+
+/// `image: oci:<test image>:latest`, ready to paste into a service.
+pub fn test_image_ref() -> String {
+    format!("oci:{}:latest", test_image().display())
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -1,0 +1,341 @@
+//! The main path against real runc: a project written to the store (etcd,
+//! Consul or a dir) becomes running containers; edits recreate only what
+//! changed; scaling, removal, adoption after an agent restart, crash loops,
+//! broken projects, and an agent killed between `runc create` and `start`.
+//!
+//! Every agent gets its own state dir and runc `--root` (see `common`);
+//! its Drop guard deletes every container and unmounts every bundle, even
+//! when an assertion fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{text, Agent, Kind, TestStore};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A two-service project: `web` (replicas `web_replicas`, command tagged
+/// with `tag` so changing it changes web's config hash) and `worker`.
+fn project(web_replicas: u32, tag: &str) -> String {
+    let image = common::test_image_ref();
+    format!(
+        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, 'echo web {tag}; exec sleep 3600']\n    deploy: {{replicas: {web_replicas}}}\n  worker:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, 'echo worker; exec sleep 3600']\n    depends_on: [web]\n"
+    )
+}
+
+fn deploy(s: &TestStore, name: &str, yaml: &str) {
+    let file = s.tmp.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let out = s.cntnr(
+        s.tmp.path(),
+        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// Running containers under the agent's runc root: id → init pid.
+fn running(a: &Agent) -> BTreeMap<String, u64> {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(a.runtime_root())
+        .args(["list", "--format", "json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "running")
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn wait_running(a: &Agent, ids: &[&str]) -> BTreeMap<String, u64> {
+    common::wait_for(WAIT, &format!("exactly {ids:?} running"), || {
+        let r = running(a);
+        let all = a.runc_list();
+        (r.keys().map(String::as_str).eq(ids.iter().copied()) && all.len() == ids.len())
+            .then_some(r)
+    })
+}
+
+fn status_record(s: &TestStore, project: &str, node: &str) -> Option<Value> {
+    s.raw_get(&s.key(&format!("status/{project}/{node}")))
+        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
+}
+
+fn container<'a>(rec: &'a Value, id: &str) -> Option<&'a Value> {
+    rec["containers"].as_array()?.iter().find(|c| c["id"] == id)
+}
+
+fn bundles(a: &Agent) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(a.state_dir().join("bundles"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn mounts_under(dir: &Path) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(dir.to_str().unwrap()))
+        .count()
+}
+
+fn lifecycle(kind: Kind) {
+    let s = TestStore::new(kind, "life");
+    let mut a = s.agent("n1");
+
+    // Deploy: every replica runs, and status says so.
+    deploy(&s, "shop", &project(2, "v1"));
+    let first = wait_running(&a, &["shop-web-1", "shop-web-2", "shop-worker-1"]);
+    let rec = common::wait_for(WAIT, "status with three running containers", || {
+        status_record(&s, "shop", "n1").filter(|r| {
+            r["containers"]
+                .as_array()
+                .map(|c| c.len() == 3 && c.iter().all(|c| c["state"] == "running"))
+                == Some(true)
+        })
+    });
+    assert_eq!(rec["errors"], serde_json::json!([]), "{rec}");
+    let web1 = container(&rec, "shop-web-1").unwrap();
+    assert!(web1["config_hash"].as_str().unwrap().starts_with("v1-"));
+    assert!(web1["started_at"].as_u64().unwrap() > 0, "{web1}");
+    assert!(web1["generation"].as_u64().unwrap() > 0, "{web1}");
+    let ps = text(&s.cntnr(s.tmp.path(), &["ps", "shop"]).stdout);
+    assert_eq!(
+        ps.lines().filter(|l| l.contains(" running ")).count(),
+        3,
+        "{ps}"
+    );
+    // The container's output is in its log.
+    let logs = common::wait_for(WAIT, "web's log", || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cntnr"))
+            .arg("--state-dir")
+            .arg(a.state_dir())
+            .args(["logs", "shop", "web", "--replica", "2"])
+            .output()
+            .unwrap();
+        let t = text(&out.stdout);
+        t.contains("web v1").then_some(t)
+    });
+    assert_eq!(logs, "web v1\n");
+
+    // Edit web only: web's containers are recreated, worker's is not.
+    deploy(&s, "shop", &project(2, "v2"));
+    let second = common::wait_for(WAIT, "web recreated", || {
+        let r = running(&a);
+        (r.len() == 3
+            && r.get("shop-web-1") != first.get("shop-web-1")
+            && r.get("shop-web-2") != first.get("shop-web-2"))
+        .then_some(r)
+    });
+    assert_eq!(
+        second.get("shop-worker-1"),
+        first.get("shop-worker-1"),
+        "worker must not be touched"
+    );
+
+    // Scale up, then down: the highest replica goes.
+    deploy(&s, "shop", &project(3, "v2"));
+    let third = wait_running(
+        &a,
+        &["shop-web-1", "shop-web-2", "shop-web-3", "shop-worker-1"],
+    );
+    assert_eq!(third.get("shop-web-1"), second.get("shop-web-1"));
+    deploy(&s, "shop", &project(1, "v2"));
+    let fourth = wait_running(&a, &["shop-web-1", "shop-worker-1"]);
+    assert_eq!(fourth.get("shop-web-1"), second.get("shop-web-1"));
+    assert_eq!(fourth.get("shop-worker-1"), first.get("shop-worker-1"));
+    common::wait_for(WAIT, "scaled-down bundles removed", || {
+        (bundles(&a) == ["shop-web-1", "shop-worker-1"]).then_some(())
+    });
+
+    // Agent restarted (SIGTERM leaves containers running): nothing is
+    // restarted or recreated.
+    a.signal("TERM");
+    assert!(a.wait_exit(WAIT).success(), "{}", a.log_text());
+    assert_eq!(running(&a), fourth, "SIGTERM leaves containers running");
+    a.restart(&[]);
+    let a2 = &a;
+    common::wait_for(WAIT, "the restarted agent to report", || {
+        a2.status().filter(|st| st["ready"] == true)
+    });
+    common::wait_for(WAIT, "status again", || {
+        status_record(&s, "shop", "n1")
+            .filter(|r| r["containers"].as_array().is_some_and(|c| c.len() == 2))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running(a2), fourth, "adopted, not restarted");
+    assert!(
+        !a2.log_text().contains("applying"),
+        "no action after a restart with unchanged specs:\n{}",
+        a2.log_text()
+    );
+
+    // Remove the project: containers, bundles, mounts and status go.
+    let out = s.cntnr(s.tmp.path(), &["rm", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    wait_running(a2, &[]);
+    common::wait_for(WAIT, "bundles removed", || {
+        bundles(a2).is_empty().then_some(())
+    });
+    assert_eq!(mounts_under(a2.state_dir()), 0);
+    common::wait_for(WAIT, "status removed", || {
+        status_record(&s, "shop", "n1").is_none().then_some(())
+    });
+    let metrics = a2.get("/metrics").unwrap().1;
+    assert!(
+        metrics.contains("cntnr_actions_total{kind=\"remove\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cntnr_reconcile_duration_seconds"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn deploy_edit_scale_restart_remove_dir() {
+    lifecycle(Kind::Dir);
+}
+
+#[test]
+fn deploy_edit_scale_restart_remove_etcd() {
+    lifecycle(Kind::Etcd);
+}
+
+#[test]
+fn deploy_edit_scale_restart_remove_consul() {
+    lifecycle(Kind::Consul);
+}
+
+#[test]
+fn crash_loop_backs_off_and_the_agent_stays_idle() {
+    let s = TestStore::new(Kind::Dir, "crash");
+    let a = s.agent("n1");
+    let image = common::test_image_ref();
+    deploy(
+        &s,
+        "loop",
+        &format!(
+            "services:\n  bad:\n    image: {image}\n    network_mode: none\n    restart: always\n    command: [sh, -c, 'exit 3']\n"
+        ),
+    );
+    let rec = common::wait_for(WAIT, "a few restarts", || {
+        status_record(&s, "loop", "n1").filter(|r| {
+            container(r, "loop-bad-1").is_some_and(|c| c["restarts"].as_u64() >= Some(3))
+        })
+    });
+    let c = container(&rec, "loop-bad-1").unwrap();
+    assert_eq!(c["exit_code"], 3, "{c}");
+    // Backoff: 1s, 2s, 4s (minus up to 20% jitter), so 3 restarts take
+    // seconds and the count grows slowly; measure agent CPU meanwhile.
+    let cpu0 = cpu_ticks(a.pid());
+    let restarts0 = c["restarts"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu = cpu_ticks(a.pid()) - cpu0;
+    let rec = status_record(&s, "loop", "n1").unwrap();
+    let restarts = container(&rec, "loop-bad-1").unwrap()["restarts"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        restarts - restarts0 <= 2,
+        "backoff must slow restarts down: {restarts0} -> {restarts} in 5s"
+    );
+    // 100 ticks per second: under 10% of one core over 5 s.
+    assert!(cpu < 50, "agent used {cpu} ticks in 5s");
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn invalid_project_and_missing_image_leave_others_running() {
+    let s = TestStore::new(Kind::Dir, "broken");
+    let a = s.agent("n1");
+    s.raw_put(&s.key("projects/a"), "services:\n  web:\n    imgae: x\n");
+    let image = common::test_image_ref();
+    deploy(
+        &s,
+        "b",
+        &format!("services:\n  api:\n    image: {image}\n    network_mode: none\n    command: [sleep, '3600']\n"),
+    );
+    deploy(
+        &s,
+        "c",
+        "services:\n  gone:\n    image: oci:/nonexistent/layout:latest\n    network_mode: none\n",
+    );
+    wait_running(&a, &["b-api-1"]);
+    let ra = common::wait_for(WAIT, "A's status", || status_record(&s, "a", "n1"));
+    assert!(ra["errors"][0].as_str().unwrap().contains("imgae"), "{ra}");
+    let rc = common::wait_for(WAIT, "C's image error", || {
+        status_record(&s, "c", "n1").filter(|r| !r["errors"].as_array().unwrap().is_empty())
+    });
+    let err = rc["errors"][0].as_str().unwrap();
+    assert!(
+        err.contains("c-gone-1") && err.contains("/nonexistent/layout"),
+        "{rc}"
+    );
+    assert_eq!(container(&rc, "c-gone-1").unwrap()["state"], "failed");
+
+    // Breaking B keeps its last good container running.
+    let pid = running(&a)["b-api-1"];
+    s.raw_put(&s.key("projects/b"), "services:\n  api:\n    imgae: x\n");
+    common::wait_for(WAIT, "B's error", || {
+        status_record(&s, "b", "n1")
+            .filter(|r| r["errors"][0].as_str().is_some_and(|e| e.contains("imgae")))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(running(&a).get("b-api-1"), Some(&pid));
+}
+
+fn killed_at(failpoint: &str) {
+    let s = TestStore::new(Kind::Dir, failpoint);
+    let mut a = s.agent_with("n1", &[], &[("CNTNR_FAILPOINT", failpoint)]);
+    deploy(&s, "fp", &project(2, "v1"));
+    let st = a.wait_exit(WAIT);
+    assert_eq!(
+        st.code(),
+        None,
+        "killed by SIGKILL: {st:?}\n{}",
+        a.log_text()
+    );
+    assert!(a.log_text().contains(&format!("failpoint {failpoint}")));
+    a.restart(&[]);
+    let ids = ["fp-web-1", "fp-web-2", "fp-worker-1"];
+    wait_running(&a, &ids);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a.runc_list().len(), 3, "no orphans: {:?}", a.runc_list());
+    assert_eq!(bundles(&a), ids);
+}
+
+#[test]
+fn no_duplicate_after_kill_between_create_and_start() {
+    killed_at("after-create");
+}
+
+#[test]
+fn no_duplicate_after_kill_right_after_start() {
+    killed_at("after-start");
+}
