@@ -118,7 +118,7 @@ pub fn create(
             ports,
         };
         let data = serde_json::to_vec_pretty(&out).expect("serializes");
-        crate::hosts::write_atomic(&result_path, &data)
+        crate::hosts::replace(&result_path, &data, false)
             .map_err(HookError::io("writing network result", &result_path))?;
         Ok(out)
     })();

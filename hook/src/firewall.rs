@@ -7,9 +7,19 @@
 //! holds one rule per network, `-i <br> ! -o <br> -j CNTNR-ISOLATION-2`, and
 //! `CNTNR-ISOLATION-2` holds `-o cn-+ -j DROP`: traffic entering on one cntnr
 //! bridge and leaving on another is dropped; traffic to the outside world or
-//! within a bridge is not. The two chains and the jump are shared by all
-//! networks and stay (like portmap's `CNI-HOSTPORT-*` chains); the
-//! per-network rules (isolation, masquerade) go with the bridge.
+//! within a bridge is not.
+//!
+//! Acceptance, for hosts whose `FORWARD` policy is DROP (any host with
+//! docker): chain `CNTNR-FORWARD` (appended to `FORWARD`) holds per network
+//! `-i <br> -o <br>`, `-i <br> ! -o cn-+` (within the network, and out to
+//! the world) and `-o <br>` for `RELATED,ESTABLISHED,DNAT` connections
+//! (replies, published ports) → ACCEPT. None of them accepts traffic from
+//! one cntnr bridge to another, so the order of the two chains in `FORWARD`
+//! does not matter for isolation.
+//!
+//! The chains and jumps are shared by all networks and stay (like portmap's
+//! `CNI-HOSTPORT-*` chains); the per-network rules (isolation, acceptance,
+//! masquerade) go with the bridge.
 
 use crate::ipnet::Ipv4Net;
 use crate::HookError;
@@ -20,6 +30,26 @@ use std::process::Command;
 pub const ISOLATION_CHAIN: &str = "CNTNR-ISOLATION";
 /// The chain dropping traffic towards another cntnr bridge.
 pub const ISOLATION_CHAIN_2: &str = "CNTNR-ISOLATION-2";
+/// The chain accepting a network's own traffic.
+pub const FORWARD_CHAIN: &str = "CNTNR-FORWARD";
+
+fn accept_rules(bridge: &str) -> Vec<Vec<String>> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        s(&["-i", bridge, "-o", bridge, "-j", "ACCEPT"]),
+        s(&["-i", bridge, "!", "-o", "cn-+", "-j", "ACCEPT"]),
+        s(&[
+            "-o",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED,DNAT",
+            "-j",
+            "ACCEPT",
+        ]),
+    ]
+}
 
 fn iptables(args: &[&str]) -> Result<(), String> {
     let out = Command::new("iptables")
@@ -106,7 +136,7 @@ fn delete_rule(table: &str, chain: &str, rule: &[String]) -> Result<(), String> 
 pub fn ensure_network_rules(bridge: &str, masquerade: Option<Ipv4Net>) -> Result<(), HookError> {
     let fail =
         |e: String| HookError::Command(format!("host rules of network bridge {bridge}: {e}"));
-    for chain in [ISOLATION_CHAIN, ISOLATION_CHAIN_2] {
+    for chain in [ISOLATION_CHAIN, ISOLATION_CHAIN_2, FORWARD_CHAIN] {
         if let Err(e) = iptables(&["-N", chain]) {
             if !e.contains("exists") {
                 return Err(fail(e));
@@ -123,6 +153,10 @@ pub fn ensure_network_rules(bridge: &str, masquerade: Option<Ipv4Net>) -> Result
     .map_err(fail)?;
     ensure_rule("filter", "FORWARD", &s(&["-j", ISOLATION_CHAIN]), true).map_err(fail)?;
     ensure_rule("filter", ISOLATION_CHAIN, &isolation_rule(bridge), false).map_err(fail)?;
+    ensure_rule("filter", "FORWARD", &s(&["-j", FORWARD_CHAIN]), false).map_err(fail)?;
+    for r in accept_rules(bridge) {
+        ensure_rule("filter", FORWARD_CHAIN, &r, false).map_err(fail)?;
+    }
     if let Some(subnet) = masquerade {
         ensure_rule(
             "nat",
@@ -142,6 +176,9 @@ pub fn remove_network_rules(bridge: &str, masquerade: Option<Ipv4Net>) -> Result
             "removing host rules of network bridge {bridge}: {e}"
         ))
     };
+    for r in accept_rules(bridge) {
+        delete_rule("filter", FORWARD_CHAIN, &r).map_err(fail)?;
+    }
     delete_rule("filter", ISOLATION_CHAIN, &isolation_rule(bridge)).map_err(fail)?;
     if let Some(subnet) = masquerade {
         delete_rule("nat", "POSTROUTING", &masquerade_rule(bridge, subnet)).map_err(fail)?;

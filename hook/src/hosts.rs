@@ -76,6 +76,13 @@ pub fn hosts_file(
 /// Replaces `path` with `content` atomically: a temp file in the same dir,
 /// fsynced, renamed over it. Unchanged content is not rewritten.
 pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    replace(path, content, true)
+}
+
+/// [`write_atomic`] with or without the fsync: a file that means nothing
+/// after a host crash (the container's result file: its netns and veth are
+/// gone too) is not worth the disk flush on every container start.
+pub(crate) fn replace(path: &Path, content: &[u8], sync: bool) -> std::io::Result<()> {
     if std::fs::read(path).is_ok_and(|old| old == content) {
         return Ok(());
     }
@@ -85,7 +92,9 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(content)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

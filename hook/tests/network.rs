@@ -522,3 +522,78 @@ fn service_names_resolve_through_an_atomically_rewritten_hosts_file() {
     w.delete(&db.id).unwrap();
     assert_no_leaks(&w, &before);
 }
+
+/// Restores the FORWARD policy on drop.
+struct ForwardPolicy(String);
+
+impl ForwardPolicy {
+    fn set(policy: &str) -> Self {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", "filter"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let old = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(":FORWARD ")?
+                    .split(' ')
+                    .next()
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| "ACCEPT".into());
+        assert!(std::process::Command::new("iptables")
+            .args(["-P", "FORWARD", policy])
+            .status()
+            .unwrap()
+            .success());
+        Self(old)
+    }
+}
+
+impl Drop for ForwardPolicy {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-P", "FORWARD", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn networks_work_and_stay_isolated_under_a_forward_drop_policy() {
+    // Docker sets FORWARD's policy to DROP; cntnr's networks must not depend on ACCEPT.
+    let _g = serial();
+    let before = snapshot();
+    let _policy = ForwardPolicy::set("DROP");
+    let mut w = World::new("drop", 18);
+    let (pa, pb) = (w.project("a"), w.project("b"));
+    let na = w.network(&pa, "default");
+    let nb = w.network(&pb, "default");
+    let a1 = w.bundle(
+        &format!("{pa}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![na.clone()], vec![])),
+        &[],
+    );
+    let a2 = w.bundle(
+        &format!("{pa}-db-1"),
+        HTTPD,
+        Some(&w.request(vec![na], vec![])),
+        &[],
+    );
+    let b = w.bundle(
+        &format!("{pb}-web-1"),
+        HTTPD,
+        Some(&w.request(vec![nb], vec![])),
+        &[],
+    );
+    for c in [&a1, &a2, &b] {
+        w.run(c).unwrap();
+    }
+    assert_eq!(http_get_ready(&w, &a1.id, &ip_of(&a2), 80).unwrap(), INDEX);
+    assert!(http_get(&w, &b.id, &ip_of(&a2), 80).is_err());
+    for c in [&a1, &a2, &b] {
+        w.delete(&c.id).unwrap();
+    }
+    assert_no_leaks(&w, &before);
+}

@@ -389,6 +389,8 @@ fn shared_infra(line: &str) -> bool {
         || rule == "COMMIT"
         || rule.starts_with(":CNI-HOSTPORT-")
         || rule.starts_with(":CNTNR-ISOLATION")
+        || rule.starts_with(":CNTNR-FORWARD")
+        || rule == "-A FORWARD -j CNTNR-FORWARD"
         || rule.starts_with(":PREROUTING ")
         || rule.starts_with(":INPUT ")
         || rule.starts_with(":OUTPUT ")
