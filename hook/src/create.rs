@@ -20,6 +20,11 @@ pub(crate) fn network_lock(req: &NetRequest, name: &str) -> Result<FileLock, Hoo
     )
 }
 
+/// The lock serializing changes to cntnr's shared iptables chains.
+pub(crate) fn firewall_lock(req: &NetRequest) -> Result<FileLock, HookError> {
+    FileLock::acquire(&req.run_dir.join("locks").join("iptables.lock"))
+}
+
 pub(crate) fn runtime_config(ports: &[crate::request::PortMapping4Cni]) -> Map<String, Value> {
     let mut rc = Map::new();
     if !ports.is_empty() {
@@ -96,6 +101,8 @@ pub fn create(
             let _lock = network_lock(req, &conf.name)?;
             if let Some(br) = conf.bridge() {
                 if !firewall::link_exists(&br) {
+                    // Shared chains and jumps: one writer at a time on this host.
+                    let _fw = firewall_lock(req)?;
                     firewall::ensure_network_rules(&br, conf.masquerade)?;
                 }
             }

@@ -2,7 +2,7 @@
 
 use crate::cni::{self, Conflist, Invocation};
 use crate::conflist::loopback_conf;
-use crate::create::{network_lock, runtime_config};
+use crate::create::{firewall_lock, network_lock, runtime_config};
 use crate::request::{NetRequest, NetResult};
 use crate::state::OciState;
 use crate::{firewall, netns, ports, HookError};
@@ -74,7 +74,9 @@ pub fn delete(state: &OciState, req: &NetRequest, deadline: Instant) -> Result<(
         };
         note(cni::del(&conf, &inv, prev_of(&conf.name).as_ref()));
         if let Some(br) = conf.bridge() {
-            note(firewall::teardown_if_unused(&conf.name, &br, conf.masquerade).map(|_| ()));
+            note(firewall_lock(req).and_then(|_fw| {
+                firewall::teardown_if_unused(&conf.name, &br, conf.masquerade).map(|_| ())
+            }));
         }
     }
     if req.loopback {

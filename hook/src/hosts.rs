@@ -22,6 +22,26 @@ pub fn hosts_path(bundle: &Path) -> std::path::PathBuf {
     bundle.join(HOSTS_DIR_IN_BUNDLE).join("hosts")
 }
 
+/// The read-only bind mount of the container's hosts dir
+/// (`<bundle>/net` at [`HOSTS_DIR_IN_CONTAINER`]) for `config.json`. The
+/// bundle builder also makes the rootfs's `/etc/hosts` a symlink to
+/// `/run/cntnr/net/hosts` (in the container's overlay upper dir, or its
+/// rootless copy) instead of bind-mounting a file over it.
+pub fn hosts_mount(bundle: &Path) -> Result<oci_spec::runtime::Mount, oci_spec::OciSpecError> {
+    oci_spec::runtime::MountBuilder::default()
+        .destination(HOSTS_DIR_IN_CONTAINER)
+        .typ("bind")
+        .source(bundle.join(HOSTS_DIR_IN_BUNDLE))
+        .options(vec![
+            "rbind".to_string(),
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            "noexec".into(),
+        ])
+        .build()
+}
+
 /// A running replica of the project, as the agent observes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaAddr {

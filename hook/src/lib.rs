@@ -16,6 +16,28 @@
 //! - [`hosts::hosts_file`] / [`hosts::write_atomic`]: service names;
 //! - [`NetResult::read`]: the container's IPs and published ports.
 //!
+//! # Wiring it in
+//!
+//! The bundle builder, for a `network_mode: bridge` container (root only):
+//! keep the `network` namespace without a path (runc creates it), set
+//! `hooks` to [`oci_hooks`] (`createRuntime` → `cntnr-hook create`,
+//! `poststop` → `cntnr-hook delete`, both with the timeout), add the
+//! annotation from [`NetRequest::to_annotation`], mount
+//! [`hosts::hosts_mount`] and make `/etc/hosts` a symlink into it. For
+//! `host` and `none`: no hooks, no request.
+//!
+//! The agent, per project network, before creating containers:
+//! [`conflist::ensure_network`] (subnet + config list, idempotent); per
+//! container: a [`NetRequest`] with the service's networks in order (the
+//! first gets `eth0` and the published ports, [`PortRequest::from_model`]);
+//! after start: [`NetResult::read`] of `<bundle>/cntnr-net.json` (IPs,
+//! chosen host ports) for registration and `cntnr ps`, and
+//! [`hosts::hosts_file`] + [`hosts::write_atomic`] into
+//! [`hosts::hosts_path`] of every container of the project whenever a
+//! replica starts, stops or changes IP; on project removal, after its
+//! containers: [`conflist::release_network`]. A create that fails with the
+//! hook's error carries it in runc's message (`error running hook #0: …`).
+//!
 //! Rootless agents use no CNI (creating bridges, veths and iptables rules
 //! needs root on the host): their containers share the host's network, and
 //! the hook refuses to run without root.
