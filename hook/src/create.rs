@@ -71,7 +71,12 @@ pub fn create(
         .collect::<Result<Vec<_>, _>>()?;
     let pin = netns::pin_path(&req.run_dir, &state.id);
     let result_path = state.result_path(req);
-    if pin.exists() || result_path.exists() {
+    let leftover = pin.exists()
+        || result_path.exists()
+        || confs
+            .iter()
+            .any(|c| firewall::ipam_holds(&c.name, &state.id));
+    if leftover {
         delete::delete(state, req, rollback_deadline)?;
     }
     let attempt = (|| {

@@ -198,6 +198,23 @@ pub fn ipam_dir(network: &str) -> std::path::PathBuf {
     Path::new("/var/lib/cni/networks").join(network)
 }
 
+/// Whether host-local holds an address of `network` for `container_id`
+/// (a leftover: a reboot keeps `/var/lib/cni` but not the containers, and
+/// host-local refuses a second allocation for the same id).
+pub fn ipam_holds(network: &str, container_id: &str) -> bool {
+    let Ok(d) = std::fs::read_dir(ipam_dir(network)) else {
+        return false;
+    };
+    d.flatten().any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        n != "lock"
+            && !n.starts_with("last_reserved_ip")
+            && std::fs::read_to_string(e.path())
+                .is_ok_and(|c| c.lines().next().map(str::trim) == Some(container_id))
+    })
+}
+
 /// Whether host-local still holds an address of `network` for anyone.
 pub fn ipam_in_use(network: &str) -> bool {
     let Ok(d) = std::fs::read_dir(ipam_dir(network)) else {

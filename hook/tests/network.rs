@@ -597,3 +597,50 @@ fn networks_work_and_stay_isolated_under_a_forward_drop_policy() {
     }
     assert_no_leaks(&w, &before);
 }
+
+#[test]
+fn a_stale_ipam_entry_of_the_same_id_after_a_reboot_does_not_block_create() {
+    // A reboot drops containers, netns pins and bundles, but host-local's
+    // reservations in /var/lib/cni survive; host-local refuses a second
+    // address for the same container id.
+    let _g = serial();
+    let before = snapshot();
+    let mut w = World::new("boot", 22);
+    let p = w.project("a");
+    let net = w.network(&p, "default");
+    let req = w.request(vec![net], vec![]);
+    let id = format!("{p}-web-1");
+    let c = w.bundle(&id, HTTPD, Some(&req), &[]);
+    strip_hooks(&c);
+    w.create(&c).unwrap();
+    let out = w.hook("create", &w.state(&id));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "Reboot": the container, its pin and its bundle vanish without a DEL.
+    w.delete(&id).unwrap();
+    cntnr_hook::netns::unpin(&cntnr_hook::netns::pin_path(&w.run_dir(), &id)).unwrap();
+    std::fs::remove_file(c.bundle.join(cntnr_hook::RESULT_FILE)).unwrap();
+    assert!(cntnr_hook::firewall::ipam_holds(&w.networks[0], &id));
+
+    let c = w.bundle(&id, HTTPD, Some(&req), &[]);
+    strip_hooks(&c);
+    w.create(&c).unwrap();
+    let state = w.state(&id);
+    let out = w.hook("create", &state);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = w.hook("delete", &state);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.delete(&id).unwrap();
+    assert_no_leaks(&w, &before);
+}
