@@ -59,11 +59,14 @@ pub struct Conflist {
     /// `cntnrMasquerade` (cntnr's own configs): the subnet whose outbound
     /// traffic the hook masquerades with one rule per network.
     pub masquerade: Option<crate::Ipv4Net>,
+    /// The JSON it was parsed from.
+    pub raw: Value,
 }
 
 impl Conflist {
     /// Parses a config list or a single plugin config.
     pub fn from_value(v: Value) -> Result<Self, HookError> {
+        let raw = v.clone();
         let bad = |why: &str| HookError::Request(format!("network config: {why}"));
         let Value::Object(mut obj) = v else {
             return Err(bad("not a JSON object"));
@@ -116,6 +119,7 @@ impl Conflist {
             name,
             plugins,
             masquerade,
+            raw,
         })
     }
 

@@ -122,6 +122,7 @@ pub fn create(
                 ifname,
                 ips,
                 cni_result: result,
+                conflist: conf.raw.clone(),
             });
         }
         let out = NetResult {

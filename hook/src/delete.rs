@@ -48,8 +48,21 @@ pub fn delete(state: &OciState, req: &NetRequest, deadline: Instant) -> Result<(
         }
     };
     for (i, att) in req.networks.iter().enumerate().rev() {
-        let conf = match Conflist::load(&att.conflist) {
+        // The config ADD used, if cached (CNI: DEL with the ADD's config).
+        let used = cached
+            .as_ref()
+            .and_then(|c| c.networks.get(i))
+            .filter(|n| !n.conflist.is_null())
+            .and_then(|n| Conflist::from_value(n.conflist.clone()).ok());
+        let conf = match used.map_or_else(|| Conflist::load(&att.conflist), Ok) {
             Ok(c) => c,
+            // No config, no cached result, no namespace: nothing of this
+            // container is known to exist any more (an already-completed
+            // DEL after the agent released the network).
+            Err(e) if live.is_none() && cached.is_none() => {
+                eprintln!("cntnr-hook: delete {}: skipping network {i}: {e}", state.id);
+                continue;
+            }
             Err(e) => {
                 note(Err(e));
                 continue;

@@ -270,6 +270,10 @@ pub struct NetworkResult {
     /// The CNI result of the last plugin (the cached result CNI passes as
     /// `prevResult` to DEL and CHECK).
     pub cni_result: serde_json::Value,
+    /// The config list ADD ran with: DEL runs with the same one, even if
+    /// the agent has since rewritten or removed the file.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub conflist: serde_json::Value,
 }
 
 #[cfg(test)]

@@ -88,6 +88,9 @@ fn two_containers_on_one_project_network_reach_each_other_by_ip() {
     // The network stays while db uses it.
     assert!(std::path::Path::new(&format!("/sys/class/net/{br}")).exists());
     let db_state = serde_json::json!({"ociVersion": "1.0.2", "id": db.id, "status": "stopped", "bundle": db.bundle});
+    // The agent releases the network too early (its conflist file is gone):
+    // DEL runs with the config ADD used, cached in the result file.
+    cntnr_hook::conflist::release_network(&w.state_dir(), &p, "default").unwrap();
     w.delete(&db.id).unwrap();
     // DEL again with the netns, IPAM entry and pin all gone: still succeeds.
     let out = w.hook("delete", &db_state);
@@ -643,4 +646,39 @@ fn a_stale_ipam_entry_of_the_same_id_after_a_reboot_does_not_block_create() {
     );
     w.delete(&id).unwrap();
     assert_no_leaks(&w, &before);
+}
+
+#[test]
+fn without_root_the_hook_refuses_and_says_rootless_uses_the_host_network() {
+    let w = World::new("rootless", 24);
+    let mut req = w.request(vec![], vec![]);
+    req.state_dir = "/nonexistent".into();
+    let (k, v) = req.to_annotation();
+    let state = serde_json::json!({"ociVersion": "1.0.2", "id": "x-web-1", "status": "creating", "pid": 1,
+        "bundle": "/nonexistent", "annotations": {k: v}});
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            HOOK,
+            "create",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs root: rootless agents run containers on the host network"),
+        "{err}"
+    );
 }
