@@ -342,6 +342,40 @@ mod tests {
     }
 
     #[test]
+    fn compose_ports_map_to_requests() {
+        use cntnr_model::{PortMode, PortRange};
+        let m = PortMapping {
+            target: 53,
+            published: Some(PortRange {
+                start: 5300,
+                end: 5310,
+            }),
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            protocol: Protocol::Udp,
+            mode: PortMode::Host,
+            name: None,
+            app_protocol: None,
+        };
+        let r = PortRequest::from_model(&m);
+        assert_eq!(r.container_port, 53);
+        assert_eq!(
+            r.host_port,
+            Some(HostPortRange {
+                start: 5300,
+                end: 5310
+            })
+        );
+        assert_eq!(r.protocol, PortProtocol::Udp);
+        assert_eq!(r.host_ip, m.host_ip);
+        let eph = PortRequest::from_model(&PortMapping {
+            published: None,
+            host_ip: None,
+            ..m
+        });
+        assert_eq!((eph.host_port, eph.host_ip), (None, None));
+    }
+
+    #[test]
     fn cni_port_mapping_json_uses_cni_field_names() {
         let p = PortMapping4Cni {
             host_port: 8080,
