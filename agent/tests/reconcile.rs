@@ -339,3 +339,88 @@ fn no_duplicate_after_kill_between_create_and_start() {
 fn no_duplicate_after_kill_right_after_start() {
     killed_at("after-start");
 }
+
+fn two_agents_spread_replicas(kind: Kind) {
+    let s = TestStore::new(kind, "spread");
+    let a = s.agent("n1");
+    let b = s.agent("n2");
+    common::wait_for(WAIT, "both nodes registered", || {
+        let v = s.cntnr_json(&["nodes"]);
+        (v["nodes"].as_array().map(Vec::len) == Some(2) && v["leader"].is_string()).then_some(())
+    });
+    deploy(&s, "shop", &project(2, "v1"));
+    let (ra, rb) = common::wait_for(WAIT, "three containers over two nodes", || {
+        let (ra, rb) = (running(&a), running(&b));
+        (ra.len() + rb.len() == 3 && a.runc_list().len() + b.runc_list().len() == 3)
+            .then_some((ra, rb))
+    });
+    // Spread: one web replica per node; the worker on either.
+    let webs = |r: &BTreeMap<String, u64>| r.keys().filter(|k| k.contains("-web-")).count();
+    assert_eq!((webs(&ra), webs(&rb)), (1, 1), "{ra:?} {rb:?}");
+    let sched: Value = serde_json::from_str(&s.raw_get(&s.key("schedule/shop")).unwrap()).unwrap();
+    let leaders: Vec<bool> = [&a, &b]
+        .iter()
+        .map(|x| x.status().unwrap()["is_leader"] == true)
+        .collect();
+    assert_eq!(
+        leaders.iter().filter(|l| **l).count(),
+        1,
+        "exactly one leader"
+    );
+    let leader = if leaders[0] { "n1" } else { "n2" };
+    assert_eq!(sched["leader"], leader, "{sched}");
+    for (node, r) in [("n1", &ra), ("n2", &rb)] {
+        let rec = common::wait_for(WAIT, "each node's status", || {
+            status_record(&s, "shop", node)
+                .filter(|rec| rec["containers"].as_array().map(Vec::len) == Some(r.len()))
+        });
+        assert_eq!(rec["node"], node);
+    }
+}
+
+#[test]
+fn two_agents_spread_replicas_dir() {
+    two_agents_spread_replicas(Kind::Dir);
+}
+
+#[test]
+fn two_agents_spread_replicas_etcd() {
+    two_agents_spread_replicas(Kind::Etcd);
+}
+
+#[test]
+fn image_import_ls_rm() {
+    let state = tempfile::tempdir().unwrap();
+    let cntnr = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cntnr"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let image = common::test_image_ref();
+    let out = cntnr(&["image", "import", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&image),
+        "{}",
+        text(&out.stdout)
+    );
+    let ls = cntnr(&["image", "ls", "--json"]);
+    let v: Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(v[0]["reference"], image.as_str());
+    assert_eq!(v[0]["layers"], 1);
+    let table = text(&cntnr(&["image", "ls"]).stdout);
+    assert!(table.starts_with("REFERENCE"), "{table}");
+    let out = cntnr(&["image", "rm", &image]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = cntnr(&["image", "rm", &image]);
+    assert_eq!(out.status.code(), Some(1), "removing twice is a user error");
+    let v: Value = serde_json::from_slice(&cntnr(&["image", "ls", "--json"]).stdout).unwrap();
+    assert_eq!(v, serde_json::json!([]));
+    // Logs of a container that never ran here: a one-line user error.
+    let out = cntnr(&["logs", "shop", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no logs for shop-web-1"));
+}
