@@ -34,4 +34,4 @@
 
 pub mod servers;
 
-pub use servers::{dep_bin, shared_consul, shared_etcd, workspace_root, Consul, Etcd};
+pub use servers::{dep_bin, shared_consul, shared_etcd, workspace_root, Consul, Etcd, TlsFiles};

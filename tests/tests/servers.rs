@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cntnr_e2e::{dep_bin, shared_consul, shared_etcd, workspace_root, Consul, Etcd};
+use cntnr_e2e::{dep_bin, shared_consul, shared_etcd, workspace_root, Consul, Etcd, TlsFiles};
 
 fn stdout_of(out: &std::process::Output) -> String {
     assert!(
@@ -154,9 +154,9 @@ fn consul_dev_restart_loses_kv() {
 
 /// Servers started by the shared statics of a child process and its
 /// directories, read from the child's stdout.
-fn spawn_child(mode: &str) -> (Child, Vec<(String, u32, PathBuf)>) {
+fn spawn_child(args: &[&str]) -> (Child, Vec<(String, u32, PathBuf)>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cntnr-e2e-harness-child"))
-        .arg(mode)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -199,7 +199,7 @@ fn assert_cleaned_up(servers: &[(String, u32, PathBuf)]) {
 
 #[test]
 fn servers_stop_when_test_process_is_killed() {
-    let (mut child, servers) = spawn_child("hang");
+    let (mut child, servers) = spawn_child(&["hang"]);
     child.kill().expect("SIGKILL the child");
     child.wait().expect("reap the child");
     assert_cleaned_up(&servers);
@@ -207,7 +207,7 @@ fn servers_stop_when_test_process_is_killed() {
 
 #[test]
 fn servers_stop_when_test_process_exits() {
-    let (mut child, servers) = spawn_child("exit");
+    let (mut child, servers) = spawn_child(&["exit"]);
     assert!(child.wait().expect("child exit").success());
     assert_cleaned_up(&servers);
 }
@@ -225,4 +225,199 @@ async fn harness_works_inside_a_tokio_test() {
     assert!(consul.kv_put("harness/tokio", "async"));
     assert_ne!(own.endpoint(), etcd.endpoint());
     drop(own);
+}
+
+/// The secure modes use the same supervisor: a SIGKILLed test process
+/// leaves no TLS etcd, no ACL Consul and no directory (with its keys and
+/// certificates) behind.
+#[test]
+fn secure_servers_stop_when_test_process_is_killed() {
+    let (mut child, servers) = spawn_child(&["hang", "secure"]);
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap the child");
+    assert_cleaned_up(&servers);
+}
+
+/// Runs etcdctl against `url` with exactly the TLS flags given (none of the
+/// harness's defaults).
+fn etcdctl_raw(url: &str, tls: &[String], args: &[&str]) -> std::process::Output {
+    Command::new(dep_bin("etcdctl"))
+        .arg(format!("--endpoints={url}"))
+        .arg("--dial-timeout=2s")
+        .arg("--command-timeout=3s")
+        .args(tls)
+        .args(args)
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .output()
+        .expect("running etcdctl")
+}
+
+fn flag(name: &str, path: PathBuf) -> String {
+    format!("--{name}={}", path.display())
+}
+
+#[test]
+fn etcd_tls_answers_over_tls_with_its_ca_only() {
+    let etcd = Etcd::start_tls();
+    let url = etcd.url();
+    assert_eq!(url, format!("https://{}", etcd.endpoint()));
+    assert_eq!(
+        etcd.store_url(),
+        format!("etcd+https://{}", etcd.endpoint())
+    );
+    assert!(!etcd.requires_client_cert());
+    let files = etcd.tls_files().expect("TLS files").clone();
+    for f in [
+        files.ca(),
+        files.client_cert(),
+        files.client_key(),
+        files.untrusted_ca(),
+    ] {
+        assert!(f.starts_with(etcd.data_dir()), "{}", f.display());
+        assert!(std::fs::read_to_string(&f).unwrap().contains("-----BEGIN"));
+    }
+    assert_eq!(etcd.ca_file(), Some(files.ca()));
+
+    // The harness's etcdctl speaks TLS.
+    stdout_of(&etcd.etcdctl(&["put", "harness/tls", "secret"]));
+    // The CA alone is enough (no client certificate needed), over the
+    // name and over the address.
+    let ca_only = [flag("cacert", files.ca())];
+    let got = etcdctl_raw(
+        &url,
+        &ca_only,
+        &["get", "--print-value-only", "harness/tls"],
+    );
+    assert_eq!(stdout_of(&got).trim_end(), "secret");
+    let by_name = url.replace("127.0.0.1", "localhost");
+    stdout_of(&etcdctl_raw(&by_name, &ca_only, &["get", "harness/tls"]));
+
+    // Refused: another CA, and plain HTTP.
+    let wrong = etcdctl_raw(
+        &url,
+        &[flag("cacert", files.untrusted_ca())],
+        &["get", "harness/tls"],
+    );
+    assert!(!wrong.status.success(), "trusted an unrelated CA");
+    let plain = etcdctl_raw(
+        &etcd.url().replace("https", "http"),
+        &[],
+        &["get", "harness/tls"],
+    );
+    assert!(!plain.status.success(), "answered plain HTTP");
+
+    let dir = etcd.data_dir().to_path_buf();
+    drop(etcd);
+    assert!(!dir.exists(), "drop left {}", dir.display());
+}
+
+#[test]
+fn etcd_mtls_requires_a_client_certificate() {
+    let mut etcd = Etcd::start_mtls();
+    assert!(etcd.requires_client_cert());
+    let files = etcd.tls_files().expect("TLS files").clone();
+    let url = etcd.url();
+    let full = [
+        flag("cacert", files.ca()),
+        flag("cert", etcd.client_cert_file().unwrap()),
+        flag("key", etcd.client_key_file().unwrap()),
+    ];
+    stdout_of(&etcdctl_raw(&url, &full, &["put", "harness/mtls", "v"]));
+    let no_cert = etcdctl_raw(
+        &url,
+        &[flag("cacert", files.ca())],
+        &["get", "harness/mtls"],
+    );
+    assert!(
+        !no_cert.status.success(),
+        "accepted a client without certificate"
+    );
+
+    // Readiness and TLS survive a restart (same certificates).
+    etcd.restart();
+    let got = etcdctl_raw(&url, &full, &["get", "--print-value-only", "harness/mtls"]);
+    assert_eq!(stdout_of(&got).trim_end(), "v");
+}
+
+fn consul_cli(addr: &str, env: &[(&str, String)], args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(dep_bin("consul"));
+    cmd.args(args)
+        .env("CONSUL_HTTP_ADDR", addr)
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_SSL")
+        .env_remove("CONSUL_CACERT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running consul")
+}
+
+#[test]
+fn consul_acl_answers_with_the_token_and_refuses_without() {
+    let token = "e2e-management-token-0001";
+    let consul = Consul::start_with_acl(token);
+    assert_eq!(consul.acl_token(), Some(token));
+    assert!(consul.store_url().starts_with("consul://127.0.0.1:"));
+    // The harness's helpers send the token.
+    assert!(consul.kv_put("harness/acl", "guarded"));
+    assert_eq!(consul.kv_get("harness/acl").as_deref(), Some("guarded"));
+    let got = stdout_of(&consul.consul(&["kv", "get", "harness/acl"]));
+    assert_eq!(got.trim_end(), "guarded");
+
+    // Without a token, or with a wrong one: refused.
+    let addr = consul.http_addr();
+    let none = consul_cli(&addr, &[], &["kv", "get", "harness/acl"]);
+    assert!(!none.status.success(), "read without a token");
+    let wrong = consul_cli(
+        &addr,
+        &[("CONSUL_HTTP_TOKEN", "not-the-token".into())],
+        &["kv", "put", "harness/acl", "x"],
+    );
+    assert!(!wrong.status.success(), "wrote with a wrong token");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("ACL not found") || stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert_eq!(consul.kv_get("harness/acl").as_deref(), Some("guarded"));
+}
+
+#[test]
+fn consul_tls_answers_over_https_with_its_ca_only() {
+    let consul = Consul::start_tls();
+    let https = consul.https_addr().expect("HTTPS address");
+    assert_eq!(consul.store_url(), format!("consul+https://{https}"));
+    let files: TlsFiles = consul.tls_files().expect("TLS files").clone();
+    assert_eq!(consul.ca_file(), Some(files.ca()));
+    assert!(consul.kv_put("harness/tls", "over https"));
+
+    let tls_env = |ca: PathBuf| {
+        [
+            ("CONSUL_HTTP_SSL", "true".to_owned()),
+            ("CONSUL_CACERT", ca.display().to_string()),
+        ]
+    };
+    let got = consul_cli(&https, &tls_env(files.ca()), &["kv", "get", "harness/tls"]);
+    assert_eq!(stdout_of(&got).trim_end(), "over https");
+    let by_name = https.replace("127.0.0.1", "localhost");
+    stdout_of(&consul_cli(
+        &by_name,
+        &tls_env(files.ca()),
+        &["kv", "get", "harness/tls"],
+    ));
+
+    // Refused: an unrelated CA, and plain HTTP on the HTTPS port.
+    let wrong = consul_cli(
+        &https,
+        &tls_env(files.untrusted_ca()),
+        &["kv", "get", "harness/tls"],
+    );
+    assert!(!wrong.status.success(), "trusted an unrelated CA");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    let plain = consul_cli(&https, &[], &["kv", "get", "harness/tls"]);
+    assert!(
+        !plain.status.success(),
+        "plain HTTP answered on the HTTPS port"
+    );
 }

@@ -1,12 +1,14 @@
 //! A real etcd 3.5 server.
 
-use std::path::Path;
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::deps::require_bin;
 use super::http;
 use super::instance::Instance;
 use super::ports::free_ports;
+use super::tls::TlsFiles;
 use super::PORT_RACE_ATTEMPTS;
 
 /// A single-member etcd cluster on loopback, in its own temporary directory.
@@ -16,6 +18,23 @@ use super::PORT_RACE_ATTEMPTS;
 pub struct Etcd {
     instance: Instance,
     client_port: u16,
+    tls: Option<Tls>,
+}
+
+/// How an etcd started with TLS is set up.
+struct Tls {
+    files: TlsFiles,
+    /// `--client-cert-auth`: clients must present a certificate the CA signed.
+    client_cert_auth: bool,
+    /// A plain-HTTP listener that serves only `/health` and `/metrics`, so
+    /// readiness needs no TLS client.
+    metrics_port: u16,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Plain,
+    Tls { client_cert_auth: bool },
 }
 
 impl Etcd {
@@ -26,16 +45,56 @@ impl Etcd {
     /// When the etcd binary is missing ("run scripts/install-deps.sh"), or the
     /// server exits or is not ready within 30 s (with the tail of its log).
     pub fn start() -> Etcd {
+        Etcd::launch(Mode::Plain)
+    }
+
+    /// Like [`Etcd::start`], but clients must use TLS: the client port
+    /// serves HTTPS with a certificate for `127.0.0.1` and `localhost`
+    /// signed by a CA made for this server ([`Etcd::ca_file`]). Clients need
+    /// no certificate of their own.
+    ///
+    /// The certificates are generated into the server's directory; a second
+    /// listener on loopback serves plain `/health` for the readiness check.
+    pub fn start_tls() -> Etcd {
+        Etcd::launch(Mode::Tls {
+            client_cert_auth: false,
+        })
+    }
+
+    /// Like [`Etcd::start_tls`], with `--client-cert-auth`: clients must also
+    /// present a certificate signed by the CA ([`Etcd::client_cert_file`],
+    /// [`Etcd::client_key_file`]).
+    pub fn start_mtls() -> Etcd {
+        Etcd::launch(Mode::Tls {
+            client_cert_auth: true,
+        })
+    }
+
+    fn launch(mode: Mode) -> Etcd {
         let bin = require_bin("etcd");
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ports = free_ports(2, false);
+            let ports = free_ports(3, false);
             let (client, peer) = (ports[0], ports[1]);
-            let instance = Instance::new("etcd", |dir| argv(&bin, dir, client, peer));
+            let tls = OnceCell::new();
+            let instance = Instance::new("etcd", |dir| {
+                let t = match mode {
+                    Mode::Plain => None,
+                    Mode::Tls { client_cert_auth } => Some(Tls {
+                        files: TlsFiles::generate(dir),
+                        client_cert_auth,
+                        metrics_port: ports[2],
+                    }),
+                };
+                let argv = argv(&bin, dir, client, peer, t.as_ref());
+                let _ = tls.set(t);
+                argv
+            });
             let etcd = Etcd {
                 instance,
                 client_port: client,
+                tls: tls.into_inner().flatten(),
             };
             match etcd.instance.launch(|| etcd.check_ready()) {
                 Ok(()) => return etcd,
@@ -46,7 +105,11 @@ impl Etcd {
     }
 
     fn check_ready(&self) -> Result<(), String> {
-        let reply = http::get(&format!("{}/health", self.url()))?;
+        let health = match &self.tls {
+            None => format!("{}/health", self.url()),
+            Some(t) => format!("http://127.0.0.1:{}/health", t.metrics_port),
+        };
+        let reply = http::get(&health)?;
         if reply.status == 200 && reply.body.contains(r#""health":"true""#) {
             Ok(())
         } else {
@@ -59,14 +122,47 @@ impl Etcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://…` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.endpoint())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.endpoint())
     }
 
-    /// The store URL cntnr takes, `etcd://127.0.0.1:PORT`.
+    /// The store URL cntnr takes, `etcd://127.0.0.1:PORT`
+    /// (`etcd+https://…` with TLS).
     pub fn store_url(&self) -> String {
-        format!("etcd://{}", self.endpoint())
+        let scheme = if self.tls.is_some() {
+            "etcd+https"
+        } else {
+            "etcd"
+        };
+        format!("{scheme}://{}", self.endpoint())
+    }
+
+    /// The certificates of a server started with TLS; `None` without.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|t| &t.files)
+    }
+
+    /// The CA file clients must trust (TLS only).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls_files().map(TlsFiles::ca)
+    }
+
+    /// A client certificate the server accepts (TLS only; required by
+    /// [`Etcd::start_mtls`]).
+    pub fn client_cert_file(&self) -> Option<PathBuf> {
+        self.tls_files().map(TlsFiles::client_cert)
+    }
+
+    /// The key of [`Etcd::client_cert_file`] (TLS only).
+    pub fn client_key_file(&self) -> Option<PathBuf> {
+        self.tls_files().map(TlsFiles::client_key)
+    }
+
+    /// Whether clients must present a certificate ([`Etcd::start_mtls`]).
+    pub fn requires_client_cert(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client_cert_auth)
     }
 
     /// The server's pid while it runs.
@@ -109,24 +205,32 @@ impl Etcd {
     }
 
     /// Runs `etcdctl --endpoints=<this server> ARGS…` and returns its output.
+    /// With TLS, etcdctl trusts the server's CA and presents the client
+    /// certificate.
     ///
     /// # Panics
     /// When etcdctl is missing or cannot be spawned.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         let bin = require_bin("etcdctl");
-        Command::new(&bin)
-            .arg(format!("--endpoints={}", self.url()))
-            .args(args)
+        let mut cmd = Command::new(&bin);
+        cmd.arg(format!("--endpoints={}", self.url()));
+        if let Some(files) = self.tls_files() {
+            cmd.arg(format!("--cacert={}", files.ca().display()))
+                .arg(format!("--cert={}", files.client_cert().display()))
+                .arg(format!("--key={}", files.client_key().display()));
+        }
+        cmd.args(args)
             .env_remove("ETCDCTL_ENDPOINTS")
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
     }
 }
 
-fn argv(bin: &Path, dir: &Path, client: u16, peer: u16) -> Vec<String> {
-    let client_url = format!("http://127.0.0.1:{client}");
+fn argv(bin: &Path, dir: &Path, client: u16, peer: u16, tls: Option<&Tls>) -> Vec<String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    [
+    let mut argv: Vec<String> = [
         bin.to_string_lossy().into_owned(),
         "--name=cntnr-e2e".into(),
         format!("--data-dir={}", dir.join("data").display()),
@@ -141,5 +245,20 @@ fn argv(bin: &Path, dir: &Path, client: u16, peer: u16) -> Vec<String> {
         "--unsafe-no-fsync".into(),
         "--log-level=warn".into(),
     ]
-    .into()
+    .into();
+    if let Some(t) = tls {
+        argv.extend([
+            format!("--cert-file={}", t.files.server_cert().display()),
+            format!("--key-file={}", t.files.server_key().display()),
+            format!("--listen-metrics-urls=http://127.0.0.1:{}", t.metrics_port),
+        ]);
+        // etcd requires client certificates as soon as it has a trusted CA.
+        if t.client_cert_auth {
+            argv.extend([
+                format!("--trusted-ca-file={}", t.files.ca().display()),
+                "--client-cert-auth".into(),
+            ]);
+        }
+    }
+    argv
 }

@@ -31,13 +31,34 @@ fn reply(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<R
 }
 
 pub(crate) fn get(url: &str) -> Result<Reply, String> {
-    reply(agent().get(url).call())
+    get_with(url, None)
 }
 
-pub(crate) fn put(url: &str, body: &str) -> Result<Reply, String> {
-    reply(agent().put(url).send(body))
+/// `GET`, with Consul's `X-Consul-Token` header when `token` is given.
+pub(crate) fn get_with(url: &str, token: Option<&str>) -> Result<Reply, String> {
+    let mut req = agent().get(url);
+    if let Some(t) = token {
+        req = req.header(TOKEN_HEADER, t);
+    }
+    reply(req.call())
 }
 
-pub(crate) fn delete(url: &str) -> Result<Reply, String> {
-    reply(agent().delete(url).call())
+/// `PUT`, with Consul's `X-Consul-Token` header when `token` is given.
+pub(crate) fn put_with(url: &str, body: &str, token: Option<&str>) -> Result<Reply, String> {
+    let mut req = agent().put(url);
+    if let Some(t) = token {
+        req = req.header(TOKEN_HEADER, t);
+    }
+    reply(req.send(body))
 }
+
+/// `DELETE`, with Consul's `X-Consul-Token` header when `token` is given.
+pub(crate) fn delete_with(url: &str, token: Option<&str>) -> Result<Reply, String> {
+    let mut req = agent().delete(url);
+    if let Some(t) = token {
+        req = req.header(TOKEN_HEADER, t);
+    }
+    reply(req.call())
+}
+
+const TOKEN_HEADER: &str = "X-Consul-Token";

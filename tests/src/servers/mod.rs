@@ -8,6 +8,7 @@ mod http;
 mod instance;
 mod ports;
 mod supervisor;
+mod tls;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub use consul::Consul;
 pub use deps::{dep_bin, workspace_root};
 pub use etcd::Etcd;
+pub use tls::TlsFiles;
 
 /// How long a server may take to answer after it was started.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
