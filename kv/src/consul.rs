@@ -348,7 +348,8 @@ impl ConsulStore {
         crate::connect::retry_connect(&what, opts.connect_timeout, || async {
             let resp = c
                 .send("connecting", c.req(Method::GET, "/v1/status/leader"), &[])
-                .await?;
+                .await
+                .map_err(|e| e.tls_refusal(&what))?;
             let leader: String = ConsulClient::json("connecting", resp).await?;
             if leader.is_empty() {
                 return Err(Error::Unavailable {

@@ -64,6 +64,18 @@ pub enum Error {
         /// The server's message (never contains the credential).
         message: String,
     },
+    /// The TLS handshake with the server was refused: its certificate is not
+    /// signed by the trusted CA (or not for its address), or it refused ours.
+    /// Not retryable: the CA file or the client certificate must change.
+    #[error(
+        "{op}: TLS handshake failed: {message} (check the CA file and the client certificate)"
+    )]
+    Tls {
+        /// What was being done, naming the server.
+        op: String,
+        /// The TLS library's cause.
+        message: String,
+    },
     /// The server could not be reached or the request timed out. Retryable.
     #[error("{op}: store unreachable: {message}")]
     Unavailable {
@@ -143,6 +155,20 @@ impl Error {
         }
     }
 
+    /// While connecting: an `Unavailable` that is really a refused TLS
+    /// handshake becomes [`Error::Tls`] naming `server`, so `connect` fails
+    /// at once instead of retrying a handshake that cannot succeed. Other
+    /// errors pass through.
+    pub(crate) fn tls_refusal(self, server: &str) -> Self {
+        match self {
+            Error::Unavailable { message, .. } if is_tls_refusal(&message) => Error::Tls {
+                op: format!("connecting to {server}"),
+                message: tls_cause(&message).to_string(),
+            },
+            e => e,
+        }
+    }
+
     pub(crate) fn io(
         op: impl Into<String>,
         path: impl AsRef<std::path::Path>,
@@ -163,5 +189,76 @@ impl Error {
     }
 }
 
+/// rustls's words for a handshake that failed on certificates or was
+/// refused by the peer (as opposed to a network failure).
+const TLS_REFUSALS: [&str; 4] = [
+    "invalid peer certificate",
+    "received fatal alert",
+    "peer sent no certificates",
+    "peer is incompatible",
+];
+
+fn is_tls_refusal(message: &str) -> bool {
+    TLS_REFUSALS.iter().any(|w| message.contains(w))
+}
+
+/// The TLS part of a transport error chain (drops the HTTP client's
+/// "error sending request for url …" wrapping).
+fn tls_cause(message: &str) -> &str {
+    TLS_REFUSALS
+        .iter()
+        .filter_map(|w| message.find(w))
+        .min()
+        .map_or(message, |i| &message[i..])
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable(message: &str) -> Error {
+        Error::Unavailable {
+            op: "connecting".into(),
+            message: message.into(),
+        }
+    }
+
+    /// Regression: a wrong CA made `connect` retry the handshake forever.
+    #[test]
+    fn refused_tls_handshake_is_not_retried() {
+        let e = unavailable(
+            "error sending request for url (https://127.0.0.1:8501/v1/status/leader): \
+             client error (Connect): invalid peer certificate: UnknownIssuer",
+        )
+        .tls_refusal("Consul agent at 127.0.0.1:8501");
+        assert!(matches!(e, Error::Tls { .. }), "{e:?}");
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "connecting to Consul agent at 127.0.0.1:8501: TLS handshake failed: \
+             invalid peer certificate: UnknownIssuer (check the CA file and the client certificate)"
+        );
+        let alert = unavailable("received fatal alert: BadCertificate").tls_refusal("etcd at a:1");
+        assert!(matches!(alert, Error::Tls { .. }), "{alert:?}");
+    }
+
+    #[test]
+    fn network_failures_stay_retryable() {
+        for m in ["connection refused", "operation was canceled", "timed out"] {
+            let e = unavailable(m).tls_refusal("etcd at a:1");
+            assert!(
+                matches!(e, Error::Unavailable { .. }) && e.is_retryable(),
+                "{e:?}"
+            );
+        }
+        let auth = Error::Auth {
+            op: "x".into(),
+            message: "invalid peer certificate".into(),
+        }
+        .tls_refusal("etcd at a:1");
+        assert!(matches!(auth, Error::Auth { .. }));
+    }
+}

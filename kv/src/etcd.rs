@@ -194,8 +194,10 @@ impl EtcdStore {
         let attempt = || async {
             let mut c = Client::connect(&urls, Some(copts.clone()))
                 .await
-                .map_err(|e| map_err("connecting", e))?;
-            c.status().await.map_err(|e| map_err("connecting", e))?;
+                .map_err(|e| map_err("connecting", e).tls_refusal(&what))?;
+            c.status()
+                .await
+                .map_err(|e| map_err("connecting", e).tls_refusal(&what))?;
             Ok::<_, Error>(c)
         };
         let client = crate::connect::retry_connect(&what, opts.connect_timeout, attempt).await?;

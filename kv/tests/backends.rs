@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cntnr_e2e::{shared_consul, shared_etcd, Etcd};
+use cntnr_e2e::{shared_consul, shared_etcd, Consul, Etcd};
 use cntnr_kv::{
     ConnectOptions, DynStore, Error, EventKind, Secret, StoreUrl, WatchEvent, WatchFrom,
     WatchStream,
@@ -551,4 +551,201 @@ async fn dir_idle_watch_does_not_wake_itself() {
         .expect("no error");
     assert_eq!(ev.key, "cntnr/projects/new");
     assert_eq!(ev.value, b"v2");
+}
+
+/// A store behind TLS or credentials: put, get and a watch work end to end.
+async fn put_get_watch(store: &DynStore, prefix: &str) {
+    let mut w = store.watch(prefix, WatchFrom::Start);
+    let key = format!("{prefix}k");
+    store.put(&key, b"guarded value").await.unwrap();
+    assert_eq!(
+        store.get(&key).await.unwrap().unwrap().value,
+        b"guarded value"
+    );
+    let seen = collect(&mut w, Duration::from_secs(10), |e| !e.is_empty()).await;
+    assert!(
+        seen.iter()
+            .any(|e| e.key == key && e.kind == EventKind::Put && e.value == b"guarded value"),
+        "{seen:?}"
+    );
+}
+
+/// A refused TLS handshake is an error at once, not an endless retry: one
+/// line, naming the store and TLS. `connect_timeout` is unlimited here, so a
+/// retry loop would hang until the outer timeout fails the test.
+async fn assert_tls_refused(url: &str, o: &ConnectOptions, store: &str) {
+    let unlimited = ConnectOptions {
+        connect_timeout: None,
+        ..o.clone()
+    };
+    let e = timeout(Duration::from_secs(20), open(url, &unlimited))
+        .await
+        .unwrap_or_else(|_| panic!("{url}: a refused TLS handshake was retried for 20s"))
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(!e.is_retryable(), "{url}: {e:?}");
+    assert!(!msg.contains('\n'), "{url}: multi-line error {msg}");
+    assert!(msg.contains(store), "{url}: store not named in {msg}");
+    assert!(msg.contains("TLS"), "{url}: TLS not named in {msg}");
+}
+
+/// etcd over TLS: with the server's CA, KV and watches work; with an
+/// unrelated CA the connect fails at once with a TLS error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_tls_with_right_ca_works_and_wrong_ca_fails_fast() {
+    let etcd = tokio::task::spawn_blocking(Etcd::start_tls).await.unwrap();
+    let files = etcd.tls_files().unwrap().clone();
+    let url = etcd.store_url();
+    assert!(url.starts_with("etcd+https://"), "{url}");
+    let good = ConnectOptions {
+        ca: Some(files.ca()),
+        ..opts()
+    };
+    let store = open(&url, &good).await.unwrap();
+    put_get_watch(&store, "tls/").await;
+
+    let wrong = ConnectOptions {
+        ca: Some(files.untrusted_ca()),
+        ..opts()
+    };
+    assert_tls_refused(&url, &wrong, "etcd at").await;
+}
+
+/// etcd with client-certificate auth: the client certificate gets in; a
+/// client without one is refused at once with a TLS error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_mtls_needs_the_client_certificate() {
+    let etcd = tokio::task::spawn_blocking(Etcd::start_mtls).await.unwrap();
+    let url = etcd.store_url();
+    let full = ConnectOptions {
+        ca: etcd.ca_file(),
+        cert: etcd.client_cert_file(),
+        key: etcd.client_key_file(),
+        ..opts()
+    };
+    let store = open(&url, &full).await.unwrap();
+    put_get_watch(&store, "mtls/").await;
+
+    // Without one, the server closes the connection after the handshake
+    // (TLS 1.3 sends its refusal late, and the gRPC client reports only
+    // "connection closed"), so it looks like a network failure: retried,
+    // but only up to the connect timeout, and the error names the server.
+    let no_cert = ConnectOptions {
+        ca: etcd.ca_file(),
+        connect_timeout: Some(Duration::from_secs(3)),
+        ..opts()
+    };
+    let e = timeout(Duration::from_secs(20), open(&url, &no_cert))
+        .await
+        .expect("bounded by connect_timeout")
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    assert!(
+        msg.contains(&format!("etcd at {}", etcd.endpoint())),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+/// Consul over HTTPS: with the agent's CA, KV and watches work; with an
+/// unrelated CA the connect fails at once with a TLS error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_tls_with_right_ca_works_and_wrong_ca_fails_fast() {
+    let consul = tokio::task::spawn_blocking(Consul::start_tls)
+        .await
+        .unwrap();
+    let files = consul.tls_files().unwrap().clone();
+    let url = consul.store_url();
+    assert!(url.starts_with("consul+https://"), "{url}");
+    let good = ConnectOptions {
+        ca: Some(files.ca()),
+        ..opts()
+    };
+    let store = open(&url, &good).await.unwrap();
+    put_get_watch(&store, "tls/").await;
+    let sess = store.create_session(Duration::from_secs(10)).await.unwrap();
+    store.put_bound(&sess, "tls/bound", b"1").await.unwrap();
+    sess.close().await.unwrap();
+    assert!(store.get("tls/bound").await.unwrap().is_none());
+
+    let wrong = ConnectOptions {
+        ca: Some(files.untrusted_ca()),
+        ..opts()
+    };
+    assert_tls_refused(&url, &wrong, "Consul agent at").await;
+}
+
+/// Consul with ACLs (default deny): the management token can read, write,
+/// hold sessions and register services; no token or a wrong token is a
+/// one-line `Auth` error that never contains the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_acl_token_works_and_wrong_or_missing_token_is_auth_error() {
+    let token = "3f1c2a9e-acl-test-management-token";
+    let consul = tokio::task::spawn_blocking(move || Consul::start_with_acl(token))
+        .await
+        .unwrap();
+    let url = consul.store_url();
+    let good = ConnectOptions {
+        consul_token: Some(Secret::new(token)),
+        ..opts()
+    };
+    let store = open(&url, &good).await.unwrap();
+    put_get_watch(&store, "acl/").await;
+    let sess = store.create_session(Duration::from_secs(10)).await.unwrap();
+    store.put_bound(&sess, "acl/bound", b"1").await.unwrap();
+    let reg = cntnr_kv::Registration {
+        name: "acl-web".into(),
+        id: "node1/acl-web-1".into(),
+        address: "127.0.0.1".into(),
+        port: 8080,
+        tags: vec![],
+        meta: Default::default(),
+        check_ttl: Duration::from_secs(30),
+        deregister_after: Duration::from_secs(120),
+    };
+    store.register(&sess, &reg).await.unwrap();
+    let list = store.instances("acl-web", false).await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    store.deregister("acl-web", &reg.id).await.unwrap();
+    sess.close().await.unwrap();
+
+    let wrong_token = "wrong-token-7d0c-should-never-print";
+    for (what, o) in [
+        ("no token", opts()),
+        (
+            "wrong token",
+            ConnectOptions {
+                consul_token: Some(Secret::new(wrong_token)),
+                ..opts()
+            },
+        ),
+    ] {
+        let unlimited = ConnectOptions {
+            connect_timeout: None,
+            ..o
+        };
+        let e = timeout(Duration::from_secs(20), open(&url, &unlimited))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: refused token retried for 20s"))
+            .unwrap_err();
+        let (display, debug) = (e.to_string(), format!("{e:?}"));
+        assert!(matches!(e, Error::Auth { .. }), "{what}: {debug}");
+        assert!(!e.is_retryable(), "{what}: {debug}");
+        assert!(!display.contains('\n'), "{what}: multi-line {display}");
+        assert!(
+            display.contains("ACL not found") || display.contains("Permission denied"),
+            "{what}: {display}"
+        );
+        for secret in [token, wrong_token] {
+            assert!(!display.contains(secret), "{what}: token in {display}");
+            assert!(!debug.contains(secret), "{what}: token in {debug}");
+        }
+    }
+    // The refused clients wrote nothing.
+    assert_eq!(
+        consul.kv_get("acl/k").as_deref(),
+        Some("guarded value"),
+        "the value written with the token"
+    );
 }
