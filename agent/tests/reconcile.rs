@@ -286,7 +286,20 @@ fn invalid_project_and_missing_image_leave_others_running() {
         "c",
         "services:\n  gone:\n    image: oci:/nonexistent/layout:latest\n    network_mode: none\n",
     );
+    deploy(
+        &s,
+        "d",
+        &format!("services:\n  api:\n    image: {image}\n    network_mode: none\n    deploy: {{placement: {{constraints: ['node.labels.zone == nowhere']}}}}\n"),
+    );
     wait_running(&a, &["b-api-1"]);
+    let rd = common::wait_for(WAIT, "D's placement error", || {
+        status_record(&s, "d", "n1").filter(|r| !r["errors"].as_array().unwrap().is_empty())
+    });
+    let err = rd["errors"][0].as_str().unwrap();
+    assert!(
+        err.starts_with("not placed: api") && err.contains("node.labels.zone"),
+        "{rd}"
+    );
     let ra = common::wait_for(WAIT, "A's status", || status_record(&s, "a", "n1"));
     assert!(ra["errors"][0].as_str().unwrap().contains("imgae"), "{ra}");
     let rc = common::wait_for(WAIT, "C's image error", || {
@@ -386,6 +399,11 @@ fn two_agents_spread_replicas_dir() {
 #[test]
 fn two_agents_spread_replicas_etcd() {
     two_agents_spread_replicas(Kind::Etcd);
+}
+
+#[test]
+fn two_agents_spread_replicas_consul() {
+    two_agents_spread_replicas(Kind::Consul);
 }
 
 #[test]

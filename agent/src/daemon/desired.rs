@@ -157,8 +157,8 @@ async fn list_until_ok(
 
 /// Lists and then watches `projects/` and `schedule/`, keeping
 /// `shared.desired` current and triggering a reconcile of each affected
-/// project (the reconciler writes its status). Marks the agent ready after
-/// the first full sync.
+/// project (the reconciler writes its status). Marks the desired state
+/// synced after the first full list.
 /// Returns when cancelled, or with an error when a watch ends for good.
 pub async fn run(
     store: DynStore,
@@ -192,7 +192,7 @@ pub async fn run(
     };
     affected.extend(gone.into_iter().map(Affected::Project));
     *shared.desired.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-    shared.mark_ready();
+    shared.mark_synced();
     for a in affected {
         publish(&shared, &triggers, a);
     }

@@ -165,8 +165,12 @@ pub struct Shared {
     /// Bumped on every change of `desired` (the leader's placement loop
     /// follows it).
     desired_rev: watch::Sender<u64>,
+    /// Replicas the leader could not place, per project (this agent's
+    /// view while it leads; empty otherwise), one line each.
+    pub unplaced: Mutex<BTreeMap<cntnr_model::ProjectName, Vec<String>>>,
     leader: Mutex<LeaderView>,
     session: Mutex<Option<String>>,
+    synced: AtomicBool,
     ready: AtomicBool,
     info: serde_json::Value,
 }
@@ -187,6 +191,12 @@ impl Shared {
     pub fn set_leading(&self, token: Option<u64>) {
         let mut l = self.lock_leader();
         l.is_self = token.is_some();
+        if token.is_none() {
+            self.unplaced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         if let Some(t) = token {
             l.node = Some(self.node.to_string());
             l.token = Some(t);
@@ -199,7 +209,21 @@ impl Shared {
         self.lock_leader().clone()
     }
 
-    /// Whether the first full sync of the desired state is done.
+    /// Whether the first full sync of the desired state is done (before
+    /// it, the reconciler and placement wait: an empty view would remove
+    /// everything).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Marks the first full sync of the desired state done.
+    pub fn mark_synced(&self) {
+        if !self.synced.swap(true, Ordering::SeqCst) {
+            tracing::info!("desired state synced");
+        }
+    }
+
+    /// Whether the first full reconcile is done (`READY=1` was sent).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -214,10 +238,12 @@ impl Shared {
         self.desired_rev.subscribe()
     }
 
-    /// Marks the first full sync done: `READY=1` to systemd, once.
+    /// Marks the first full reconcile done (every project known at the
+    /// first sync, and every project with containers here, had a pass):
+    /// `READY=1` to systemd, once.
     pub fn mark_ready(&self) {
         if !self.ready.swap(true, Ordering::SeqCst) {
-            tracing::info!("first full sync done: ready");
+            tracing::info!("first full reconcile done: ready");
             if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
                 tracing::warn!(error = %e, "notifying systemd");
             }
@@ -367,8 +393,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         metrics: Metrics::new(),
         desired: Mutex::new(DesiredState::default()),
         desired_rev: watch::channel(0).0,
+        unplaced: Mutex::new(BTreeMap::new()),
         leader: Mutex::new(LeaderView::default()),
         session: Mutex::new(None),
+        synced: AtomicBool::new(false),
         ready: AtomicBool::new(false),
         info: json!({
             "version": env!("CARGO_PKG_VERSION"),

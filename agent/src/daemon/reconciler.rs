@@ -139,25 +139,31 @@ pub async fn run(
 ) -> Result<()> {
     // Projects with containers here, whether or not the store still has
     // them (one removed while the agent was down must be cleaned up).
-    match engine.host.runc.list().await {
-        Ok(list) => {
-            let found: BTreeSet<ProjectName> = list
-                .iter()
-                .filter_map(|c| c.annotations.get(annotations::PROJECT))
-                .filter_map(|p| ProjectName::new(p.as_str()).ok())
-                .collect();
-            for p in found {
-                let _ = triggers.send(p);
-            }
+    let found: BTreeSet<ProjectName> = match engine.host.runc.list().await {
+        Ok(list) => list
+            .iter()
+            .filter_map(|c| c.annotations.get(annotations::PROJECT))
+            .filter_map(|p| ProjectName::new(p.as_str()).ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing containers at start");
+            BTreeSet::new()
         }
-        Err(e) => tracing::warn!(error = %e, "listing containers at start"),
+    };
+    for p in &found {
+        let _ = triggers.send(p.clone());
     }
-    let mut running: JoinSet<(ProjectName, Option<Duration>)> = JoinSet::new();
+    // Ready (READY=1) once every project known at the first sync, and every
+    // project with containers here, has had a full pass.
+    let mut synced = engine.shared.desired_changes();
+    let mut first_round: Option<BTreeSet<ProjectName>> = None;
+    let mut passed: BTreeSet<ProjectName> = BTreeSet::new();
+    let mut running: JoinSet<(ProjectName, Option<Duration>, bool)> = JoinSet::new();
     let mut active: BTreeSet<ProjectName> = BTreeSet::new();
     let mut dirty: BTreeSet<ProjectName> = BTreeSet::new();
     let mut due: BTreeMap<ProjectName, tokio::time::Instant> = BTreeMap::new();
     let spawn = |p: ProjectName,
-                 running: &mut JoinSet<(ProjectName, Option<Duration>)>,
+                 running: &mut JoinSet<(ProjectName, Option<Duration>, bool)>,
                  active: &mut BTreeSet<ProjectName>,
                  dirty: &mut BTreeSet<ProjectName>,
                  due: &mut BTreeMap<ProjectName, tokio::time::Instant>| {
@@ -171,18 +177,42 @@ pub async fn run(
         let triggers = triggers.clone();
         let status = status.clone();
         running.spawn(async move {
-            let next = engine.reconcile(&p, &triggers, &status).await;
-            (p, next)
+            // Before the first sync a pass only waits; it does not count.
+            let real = engine.shared.is_synced();
+            let next = if real {
+                engine.reconcile(&p, &triggers, &status).await
+            } else {
+                Some(NOT_READY)
+            };
+            (p, next, real)
         });
     };
     loop {
+        if first_round.is_none() && engine.shared.is_synced() {
+            let mut all: BTreeSet<ProjectName> = found.clone();
+            all.extend(lock(&engine.shared.desired).projects.keys().cloned());
+            first_round = Some(all);
+        }
+        if let Some(round) = &first_round {
+            if !engine.shared.is_ready() && round.iter().all(|p| passed.contains(p)) {
+                engine.shared.mark_ready();
+            }
+        }
         let next_due = due.values().min().copied();
         tokio::select! {
             _ = cancel.cancelled() => break,
+            r = synced.changed(), if first_round.is_none() => {
+                if r.is_err() {
+                    break;
+                }
+            }
             Some(p) = rx.recv() => spawn(p, &mut running, &mut active, &mut dirty, &mut due),
             Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok((p, next)) => {
+                Ok((p, next, real)) => {
                     active.remove(&p);
+                    if real && !engine.shared.is_ready() {
+                        passed.insert(p.clone());
+                    }
                     if dirty.remove(&p) {
                         spawn(p, &mut running, &mut active, &mut dirty, &mut due);
                     } else if let Some(after) = next {
@@ -285,9 +315,6 @@ impl Engine {
         triggers: &mpsc::UnboundedSender<ProjectName>,
         status: &mpsc::UnboundedSender<StatusMsg>,
     ) -> Result<(Option<Duration>, bool)> {
-        if !self.shared.is_ready() {
-            return Ok((Some(NOT_READY), false));
-        }
         let (dp, schedule) = {
             let d = lock(&self.shared.desired);
             (
@@ -318,6 +345,9 @@ impl Engine {
             }
             Some(DesiredProject { spec: Ok(spec), .. }) => {
                 warnings.extend(spec.warnings.iter().cloned());
+                if let Some(lines) = lock(&self.shared.unplaced).get(project) {
+                    errors.extend(lines.iter().cloned());
+                }
                 match &schedule {
                     None => None,
                     Some(Err(e)) => {

@@ -77,7 +77,7 @@ pub async fn run(
             }
         }
         changes.borrow_and_update();
-        if !shared.is_ready() {
+        if !shared.is_synced() {
             continue;
         }
         match place_all(&store, &shared, leadership, &nodes, &mut written).await {
@@ -151,7 +151,7 @@ async fn place_all(
         let previous = |p: &ProjectName| -> Option<ScheduleRecord> {
             match (written.get(p), seen.get(p)) {
                 (Some(w), Some(s))
-                    if s.fencing_token >= w.fencing_token && s.services == w.services =>
+                    if (s.fencing_token, s.generation) >= (w.fencing_token, w.generation) =>
                 {
                     Some((*s).clone())
                 }
@@ -166,13 +166,34 @@ async fn place_all(
             let mut cluster = cluster_all.clone();
             cluster.other_load = node_load(seen.iter().filter(|(q, _)| **q != p).map(|(_, s)| *s));
             let placed = schedule(project, &cluster, prev.as_ref());
-            for pending in &placed.pending {
-                tracing::warn!(project = %p, %pending, "replica not placed");
+            let lines: Vec<String> = placed
+                .pending
+                .iter()
+                .map(|pending| format!("not placed: {pending}"))
+                .collect();
+            {
+                let mut unplaced = shared.unplaced.lock().unwrap_or_else(|e| e.into_inner());
+                if unplaced
+                    .get(p)
+                    .map_or(!lines.is_empty(), |old| *old != lines)
+                {
+                    for l in &lines {
+                        tracing::warn!(project = %p, "{l}");
+                    }
+                }
+                if lines.is_empty() {
+                    unplaced.remove(p);
+                } else {
+                    unplaced.insert(p.clone(), lines);
+                }
             }
+            // Rewritten when placement changes, when this leader has not
+            // claimed the record yet, or for a new project revision (so
+            // every agent re-reconciles it and sees the generation).
             if placed.same_placement(prev.as_ref())
-                && prev
-                    .as_ref()
-                    .is_some_and(|r| r.fencing_token == leadership.token)
+                && prev.as_ref().is_some_and(|r| {
+                    r.fencing_token == leadership.token && r.generation == dp.version
+                })
             {
                 continue;
             }
@@ -186,6 +207,11 @@ async fn place_all(
                 deletes.push(p.clone());
             }
         }
+        shared
+            .unplaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p, _| d.projects.contains_key(p));
     }
     for (p, rec) in puts {
         let key = StoreKey::Schedule(p.clone()).render(&shared.prefix);
