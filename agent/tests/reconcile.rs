@@ -442,3 +442,40 @@ fn image_import_ls_rm() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no logs for shop-web-1"));
 }
+
+#[test]
+fn store_outage_leaves_containers_running_and_a_later_change_applies_once() {
+    let mut etcd = cntnr_e2e::Etcd::start();
+    let mut s = TestStore::new(Kind::Dir, "outage");
+    s.url = etcd.store_url();
+    let a = s.agent("n1");
+    deploy(&s, "shop", &project(2, "v1"));
+    let before = wait_running(&a, &["shop-web-1", "shop-web-2", "shop-worker-1"]);
+
+    // 30 s without the store: longer than the session TTL (15 s), so the
+    // session is lost; containers do not care.
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    assert_eq!(
+        running(&a),
+        before,
+        "containers keep running without the store"
+    );
+    etcd.restart();
+
+    deploy(&s, "shop", &project(3, "v1"));
+    let after = wait_running(
+        &a,
+        &["shop-web-1", "shop-web-2", "shop-web-3", "shop-worker-1"],
+    );
+    for id in ["shop-web-1", "shop-web-2", "shop-worker-1"] {
+        assert_eq!(after.get(id), before.get(id), "{id} untouched");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let log = a.log_text();
+    assert_eq!(
+        log.matches("action=create shop-web-3").count(),
+        1,
+        "created exactly once:\n{log}"
+    );
+}
