@@ -12,7 +12,8 @@ impl ContainerRequest {
     /// `anon_<service>_<replica>_<n>` (kept across recreation, like a
     /// docker compose anonymous volume that `up` reattaches). Negative ulimits
     /// mean unlimited. Health checks, ports, networks, restart and deploy
-    /// policies are the agent's and the CNI hook's business, not the bundle's.
+    /// policies are the agent's and the CNI hook's business, not the bundle's:
+    /// for a bridge service the agent sets [`ContainerRequest::bridge`].
     pub fn from_service(
         project: &ProjectName,
         service: &ServiceName,
@@ -109,7 +110,7 @@ impl ContainerRequest {
                 ModelNetwork::None => NetworkMode::None,
             },
             annotations: spec.annotations.clone(),
-            hooks: None,
+            bridge: None,
         }
     }
 }

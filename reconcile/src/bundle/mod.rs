@@ -22,7 +22,22 @@
 //!
 //! Input: [`ContainerRequest`], a flat description of one replica, built from
 //! the model's normalized `ServiceSpec` by [`ContainerRequest::from_service`].
-//! Networking is the CNI hook's: the agent passes it in `hooks`.
+//!
+//! Networking: `host` shares the host's namespace (policy
+//! `allow_host_network`), `none` gets a new one with loopback only, `bridge`
+//! a new one that the CNI hook (crate cntnr-hook) wires. This crate knows
+//! nothing of CNI: the agent fills [`ContainerRequest::bridge`] with the
+//! hook's OCI hooks and request annotation ([`BridgeNetwork`]); without it
+//! a bridge container is as isolated as `none`. Rootless agents give every
+//! container the host's network and ignore the wiring (no CNI without root).
+//!
+//! Names: `/etc/hosts` in the rootfs is a symlink to
+//! `/run/cntnr/net/hosts` ([`HOSTS_DIR_IN_CONTAINER`]), where the bundle's
+//! `net/` dir ([`hosts_path`]) is bind-mounted read-only. The builder writes
+//! the initial file (localhost, the hostname, `extra_hosts`); the agent may
+//! replace it atomically (write a temp file in that dir, rename) whenever
+//! the project's replicas change, and the container sees the new file at
+//! once. A bind-mounted file would pin the old inode and never see a rename.
 
 mod from_service;
 pub mod idmap;
@@ -104,16 +119,48 @@ impl BundleConfig {
     }
 }
 
+/// Where the container's hosts dir is mounted (read-only); `/etc/hosts` is a
+/// symlink to `hosts` in it. Must equal `cntnr_hook::hosts::HOSTS_DIR_IN_CONTAINER`
+/// (checked by the e2e tests; this crate may not depend on the hook's).
+pub const HOSTS_DIR_IN_CONTAINER: &str = "/run/cntnr/net";
+
+/// The hosts dir inside a bundle, mounted at [`HOSTS_DIR_IN_CONTAINER`]
+/// (= `cntnr_hook::hosts::HOSTS_DIR_IN_BUNDLE`).
+pub const HOSTS_DIR_IN_BUNDLE: &str = "net";
+
+/// The hosts file of the container whose bundle dir is `bundle`: what the
+/// container reads as `/etc/hosts`. Replace it atomically (temp file in the
+/// same dir + rename), never in place.
+pub fn hosts_path(bundle: &Path) -> PathBuf {
+    bundle.join(HOSTS_DIR_IN_BUNDLE).join("hosts")
+}
+
 /// Network mode.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NetworkMode {
-    /// A new network namespace, wired by the CNI hook (see `hooks`).
+    /// A new network namespace, wired by the CNI hook when the request
+    /// carries [`ContainerRequest::bridge`] (else loopback only).
     #[default]
     Bridge,
     /// A new, empty network namespace (loopback only).
     None,
     /// The host's network namespace (policy `allow_host_network`; forced rootless).
     Host,
+}
+
+/// What wires a `bridge` container's network namespace, as the agent builds
+/// it from cntnr-hook (`hooks` = `cntnr_hook::oci_hooks(..)`, `annotations`
+/// = `cntnr_hook::NetRequest::to_annotation()`). Only valid with
+/// [`NetworkMode::Bridge`]; ignored rootless.
+#[derive(Clone, Debug, Default)]
+pub struct BridgeNetwork {
+    /// OCI hooks that set the namespace up and tear it down
+    /// (`createRuntime` and `poststop`); they replace any other hooks.
+    pub hooks: oci_spec::runtime::Hooks,
+    /// Annotations the hooks read; they override the service's annotations
+    /// of the same key (a compose file cannot forge a network request),
+    /// and are overridden only by cntnr's identity annotations.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A mount requested by the service.
@@ -223,8 +270,9 @@ pub struct ContainerRequest {
     pub network: NetworkMode,
     /// The service's `annotations` (cntnr's own keys cannot be overridden).
     pub annotations: BTreeMap<String, String>,
-    /// OCI hooks to add (the CNI hook for bridge networking).
-    pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// The wiring of a `bridge` network namespace (the CNI hook), filled by
+    /// the agent; `None`: loopback only. An error with `host` or `none`.
+    pub bridge: Option<BridgeNetwork>,
 }
 
 /// Why a bundle could not be built.

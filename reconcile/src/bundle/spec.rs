@@ -9,9 +9,9 @@ use crate::runtime::{annotations, ContainerId, Signal};
 use crate::unpack::resolve_dir_in_root;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -356,12 +356,31 @@ pub(super) fn build(
                 .build()?,
         );
     }
+    let host_net = cfg.rootless || req.network == NetworkMode::Host;
     let etc = bundle.join("etc");
     fs::create_dir_all(&etc).map_err(ioe("creating etc", &etc))?;
-    write_etc(&etc, &hostname, req)?;
-    for name in ["hosts", "resolv.conf", "hostname"] {
+    write_etc(&etc, &hostname, req, !host_net)?;
+    for name in ["resolv.conf", "hostname"] {
         mounts.push(bind(&etc.join(name), &format!("/etc/{name}"), true)?);
     }
+    // /etc/hosts: a symlink into the read-only hosts dir, so the agent can
+    // replace the file by rename (see the module docs).
+    link_etc_hosts(rootfs)?;
+    let hosts_dir = bundle.join(super::HOSTS_DIR_IN_BUNDLE);
+    mounts.push(
+        MountBuilder::default()
+            .destination(super::HOSTS_DIR_IN_CONTAINER)
+            .typ("bind")
+            .source(&hosts_dir)
+            .options(vec![
+                "rbind".to_string(),
+                "ro".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+            ])
+            .build()?,
+    );
     if let Some(m) = init_mount {
         mounts.push(m);
     }
@@ -373,8 +392,30 @@ pub(super) fn build(
     }
     spec.set_mounts(Some(mounts));
 
-    // Annotations: the service's, then ours (which cannot be overridden).
+    // The bridge wiring: ignored rootless (containers share the host's
+    // network, no CNI without root), refused with host or none.
+    let wiring = match (&req.bridge, &req.network) {
+        (None, _) => None,
+        (Some(_), _) if cfg.rootless => None,
+        (Some(w), NetworkMode::Bridge) => Some(w),
+        (Some(_), other) => {
+            return Err(invalid(format!(
+                "bridge network wiring given for network_mode {}",
+                if *other == NetworkMode::Host {
+                    "host"
+                } else {
+                    "none"
+                }
+            )))
+        }
+    };
+
+    // Annotations: the service's, the network wiring's, then ours (which
+    // cannot be overridden).
     let mut ann: HashMap<String, String> = req.annotations.clone().into_iter().collect();
+    if let Some(w) = wiring {
+        ann.extend(w.annotations.clone());
+    }
     let stop_signal = req
         .stop_signal
         .clone()
@@ -394,8 +435,8 @@ pub(super) fn build(
         ann.insert(k.to_string(), v);
     }
     spec.set_annotations(Some(ann));
-    if let Some(h) = &req.hooks {
-        spec.set_hooks(Some(h.clone()));
+    if let Some(w) = wiring {
+        spec.set_hooks(Some(w.hooks.clone()));
     }
 
     // Linux: namespaces, sysctls, resources.
@@ -403,15 +444,20 @@ pub(super) fn build(
         .linux()
         .clone()
         .unwrap_or_else(|| LinuxBuilder::default().build().expect("empty linux"));
-    let host_net = cfg.rootless || req.network == NetworkMode::Host;
     if req.network == NetworkMode::Host && !cfg.rootless && !cfg.policy.allow_host_network {
         return Err(invalid(
             "network_mode: host is refused by this agent's policy (--allow-host-network)".into(),
         ));
     }
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-    if host_net {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    if !host_net {
+        // A new namespace (no path): runc creates it, the hook wires it.
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .build()?,
+        );
     }
     linux.set_namespaces(Some(namespaces));
     let mut sysctl = HashMap::new();
@@ -551,48 +597,142 @@ fn service_mount(
     }
 }
 
-fn write_etc(etc: &Path, hostname: &str, req: &ContainerRequest) -> Result<(), BundleError> {
+fn write_etc(
+    etc: &Path,
+    hostname: &str,
+    req: &ContainerRequest,
+    private_net: bool,
+) -> Result<(), BundleError> {
     let mut hosts = format!(
         "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
     );
     for (name, addr) in &req.extra_hosts {
         hosts.push_str(&format!("{addr}\t{name}\n"));
     }
-    let resolv = if req.dns.is_empty() && req.dns_search.is_empty() {
-        fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+    let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstream = if private_net {
+        fs::read_to_string(SYSTEMD_RESOLVED_UPSTREAM).ok()
     } else {
-        let mut r = String::new();
-        let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let host_ns: Vec<&str> = host
-            .lines()
-            .filter(|l| l.starts_with("nameserver"))
-            .collect();
-        if req.dns.is_empty() {
-            for l in host_ns {
-                r.push_str(l);
-                r.push('\n');
-            }
-        }
-        for ns in &req.dns {
-            r.push_str(&format!("nameserver {ns}\n"));
-        }
-        if !req.dns_search.is_empty() {
-            r.push_str(&format!("search {}\n", req.dns_search.join(" ")));
-        }
-        r
+        None
     };
-    let files: BTreeMap<&str, String> = [
-        ("hosts", hosts),
-        ("resolv.conf", resolv),
-        ("hostname", format!("{hostname}\n")),
+    let resolv = resolv_conf(
+        &host,
+        upstream.as_deref(),
+        private_net,
+        &req.dns,
+        &req.dns_search,
+    );
+    let bundle = etc.parent().unwrap_or(etc);
+    let hosts_dir = bundle.join(super::HOSTS_DIR_IN_BUNDLE);
+    fs::create_dir_all(&hosts_dir).map_err(ioe("creating hosts dir", &hosts_dir))?;
+    let files: BTreeMap<PathBuf, String> = [
+        (super::hosts_path(bundle), hosts),
+        (etc.join("resolv.conf"), resolv),
+        (etc.join("hostname"), format!("{hostname}\n")),
     ]
     .into_iter()
     .collect();
-    for (name, content) in files {
-        let p = etc.join(name);
+    for (p, content) in files {
         fs::write(&p, content).map_err(ioe("writing generated /etc file", &p))?;
     }
     Ok(())
+}
+
+/// systemd-resolved's list of the real upstream servers (its stub at
+/// 127.0.0.53 is unreachable from a private network namespace).
+const SYSTEMD_RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
+
+/// Docker's fallback when the host has no nameserver a private network
+/// namespace can reach.
+const FALLBACK_NAMESERVERS: [&str; 2] = ["8.8.8.8", "8.8.4.4"];
+
+/// The container's `resolv.conf`, as docker makes it. Host network, nothing
+/// set: the host's file as is. Otherwise the host's nameservers (`dns`
+/// replaces them), `search` (`dns_search` replaces it) and `options`; in a
+/// private namespace loopback nameservers are dropped (they are the
+/// container's own loopback there), after first trying systemd-resolved's
+/// `upstream` list when the host only has its stub, and docker's public
+/// fallback is used when none is left.
+fn resolv_conf(
+    host: &str,
+    upstream: Option<&str>,
+    private_net: bool,
+    dns: &[String],
+    dns_search: &[String],
+) -> String {
+    if !private_net && dns.is_empty() && dns_search.is_empty() {
+        return host.to_string();
+    }
+    fn nameservers(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|rest| rest.split_whitespace().next().map(String::from))
+            .collect()
+    }
+    fn is_loopback(ns: &str) -> bool {
+        ns.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    }
+    let mut base = host;
+    if private_net && nameservers(host).iter().all(|n| is_loopback(n)) {
+        if let Some(up) = upstream.filter(|u| !nameservers(u).is_empty()) {
+            base = up;
+        }
+    }
+    let mut servers = nameservers(base);
+    if private_net {
+        servers.retain(|n| !is_loopback(n));
+    }
+    if !dns.is_empty() {
+        servers = dns.to_vec();
+    } else if servers.is_empty() && private_net {
+        servers = FALLBACK_NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    }
+    let mut out = String::new();
+    for ns in servers {
+        out.push_str(&format!("nameserver {ns}\n"));
+    }
+    let keep = |prefix: &str| {
+        base.lines()
+            .map(str::trim)
+            .filter(|l| l.split_whitespace().next() == Some(prefix))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    if dns_search.is_empty() {
+        out.push_str(&keep("search"));
+        out.push_str(&keep("domain"));
+    } else {
+        out.push_str(&format!("search {}\n", dns_search.join(" ")));
+    }
+    out.push_str(&keep("options"));
+    out
+}
+
+/// Makes the rootfs's `/etc/hosts` a symlink to `hosts` in
+/// [`super::HOSTS_DIR_IN_CONTAINER`] (in the overlay's upper dir, or the
+/// rootless copy; the image's own file is hidden), and creates the mount
+/// point. Paths resolve inside the rootfs, never following a symlink out.
+fn link_etc_hosts(rootfs: &Path) -> Result<(), BundleError> {
+    let in_root = |rel: &str| {
+        resolve_dir_in_root(rootfs, Path::new(rel), true)
+            .map_err(ioe("creating a dir in the rootfs", Path::new(rel)))
+    };
+    in_root(super::HOSTS_DIR_IN_CONTAINER.trim_start_matches('/'))?;
+    let link = in_root("etc")?.join("hosts");
+    match fs::symlink_metadata(&link) {
+        Ok(m) if m.is_dir() => {
+            return Err(BundleError::Invalid {
+                service: rootfs.display().to_string(),
+                reason: "the image's /etc/hosts is a directory".into(),
+            })
+        }
+        Ok(_) => fs::remove_file(&link).map_err(ioe("replacing /etc/hosts", &link))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ioe("replacing /etc/hosts", &link)(e)),
+    }
+    let target = Path::new(super::HOSTS_DIR_IN_CONTAINER).join("hosts");
+    std::os::unix::fs::symlink(&target, &link).map_err(ioe("linking /etc/hosts", &link))
 }
 
 /// Reads a file inside the rootfs without following symlinks out of it;
@@ -619,6 +759,301 @@ use std::os::unix::fs::OpenOptionsExt;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::bundle::{BridgeNetwork, Policy};
+    use oci_spec::runtime::{HookBuilder, HooksBuilder};
+
+    /// A bundle dir with a tiny rootfs whose `/etc/hosts` is a regular file.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        cfg: BundleConfig,
+        image: ImageConfig,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let rootfs = dir.path().join("rootfs");
+            fs::create_dir_all(rootfs.join("etc")).unwrap();
+            fs::write(rootfs.join("etc/hosts"), "image's own\n").unwrap();
+            fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+            let cfg = BundleConfig {
+                state_dir: dir.path().join("state"),
+                node: "node-a".into(),
+                policy: Policy::default(),
+                rootless: false,
+                rootless_ids: None,
+                init_binary: None,
+            };
+            let image = serde_json::from_value(serde_json::json!({
+                "config": {"Cmd": ["sh"]},
+                "rootfs": {"type": "layers", "diff_ids": []}
+            }))
+            .unwrap();
+            Self { dir, cfg, image }
+        }
+
+        fn bundle(&self) -> PathBuf {
+            self.dir.path().to_path_buf()
+        }
+
+        /// `config.json` as runc reads it.
+        fn build(&self, req: &ContainerRequest) -> Result<serde_json::Value, BundleError> {
+            let id = ContainerId::for_replica(&req.project, &req.service, req.replica).unwrap();
+            let spec = build(
+                &self.cfg,
+                &id,
+                &self.bundle(),
+                &self.bundle().join("rootfs"),
+                &self.image,
+                req,
+            )?;
+            Ok(serde_json::to_value(&spec).unwrap())
+        }
+    }
+
+    fn request(network: NetworkMode) -> ContainerRequest {
+        ContainerRequest {
+            project: "shop".into(),
+            service: "web".into(),
+            replica: 1,
+            config_hash: "h".into(),
+            network,
+            ..Default::default()
+        }
+    }
+
+    fn wiring() -> BridgeNetwork {
+        let hook = |verb: &str| {
+            HookBuilder::default()
+                .path("/usr/libexec/cntnr-hook")
+                .args(vec!["cntnr-hook".to_string(), verb.to_string()])
+                .timeout(30)
+                .build()
+                .unwrap()
+        };
+        BridgeNetwork {
+            hooks: HooksBuilder::default()
+                .create_runtime(vec![hook("create")])
+                .poststop(vec![hook("delete")])
+                .build()
+                .unwrap(),
+            annotations: [(
+                "cntnr.net.request".to_string(),
+                r#"{"networks":[]}"#.to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn netns(config: &serde_json::Value) -> Vec<serde_json::Value> {
+        config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["type"] == "network")
+            .cloned()
+            .collect()
+    }
+
+    fn mount<'a>(config: &'a serde_json::Value, dest: &str) -> Option<&'a serde_json::Value> {
+        config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == dest)
+    }
+
+    #[test]
+    fn bridge_with_wiring_gets_a_new_netns_the_hooks_and_the_request() {
+        let f = Fixture::new();
+        let mut req = request(NetworkMode::Bridge);
+        // A compose file cannot forge the hook's request.
+        req.annotations
+            .insert("cntnr.net.request".into(), "forged".into());
+        req.annotations.insert("team".into(), "a".into());
+        req.bridge = Some(wiring());
+        let c = f.build(&req).unwrap();
+        assert_eq!(
+            netns(&c),
+            [serde_json::json!({"type": "network"})],
+            "a new namespace, no path"
+        );
+        assert_eq!(c["hooks"]["createRuntime"][0]["args"][1], "create");
+        assert_eq!(
+            c["hooks"]["createRuntime"][0]["path"],
+            "/usr/libexec/cntnr-hook"
+        );
+        assert_eq!(c["hooks"]["poststop"][0]["args"][1], "delete");
+        assert!(c["hooks"].get("prestart").is_none());
+        assert_eq!(c["annotations"]["cntnr.net.request"], r#"{"networks":[]}"#);
+        assert_eq!(c["annotations"]["team"], "a");
+        assert_eq!(c["annotations"]["cntnr.project"], "shop");
+    }
+
+    #[test]
+    fn bridge_without_wiring_is_an_unwired_private_netns() {
+        let f = Fixture::new();
+        let c = f.build(&request(NetworkMode::Bridge)).unwrap();
+        assert_eq!(netns(&c), [serde_json::json!({"type": "network"})]);
+        assert!(c.get("hooks").is_none_or(|h| h.is_null()));
+    }
+
+    #[test]
+    fn host_and_none_get_no_hooks_and_refuse_wiring() {
+        let mut f = Fixture::new();
+        let none = f.build(&request(NetworkMode::None)).unwrap();
+        assert_eq!(netns(&none), [serde_json::json!({"type": "network"})]);
+        assert!(none.get("hooks").is_none_or(|h| h.is_null()));
+        assert!(none["annotations"].get("cntnr.net.request").is_none());
+
+        // Host network: policy first, and only for host mode.
+        let e = f
+            .build(&request(NetworkMode::Host))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--allow-host-network"), "{e}");
+        f.cfg.policy.allow_host_network = true;
+        let host = f.build(&request(NetworkMode::Host)).unwrap();
+        assert!(netns(&host).is_empty(), "the host's namespace");
+        assert!(host.get("hooks").is_none_or(|h| h.is_null()));
+
+        for mode in [NetworkMode::Host, NetworkMode::None] {
+            let mut req = request(mode);
+            req.bridge = Some(wiring());
+            let e = f.build(&req).unwrap_err().to_string();
+            assert!(e.contains("bridge network wiring given"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bridge_needs_no_host_network_policy() {
+        let f = Fixture::new();
+        assert!(!f.cfg.policy.allow_host_network);
+        let mut req = request(NetworkMode::Bridge);
+        req.bridge = Some(wiring());
+        f.build(&req).unwrap();
+    }
+
+    #[test]
+    fn rootless_ignores_the_wiring_and_shares_the_host_network() {
+        let mut f = Fixture::new();
+        f.cfg.rootless = true;
+        f.cfg.rootless_ids = Some(RootlessIds::single(
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ));
+        let mut req = request(NetworkMode::Bridge);
+        req.bridge = Some(wiring());
+        let c = f.build(&req).unwrap();
+        assert!(netns(&c).is_empty());
+        assert!(c.get("hooks").is_none_or(|h| h.is_null()));
+        assert!(c["annotations"].get("cntnr.net.request").is_none());
+    }
+
+    #[test]
+    fn etc_hosts_is_a_symlink_into_the_read_only_hosts_dir() {
+        let f = Fixture::new();
+        let mut req = request(NetworkMode::Bridge);
+        req.hostname = Some("web1".into());
+        req.extra_hosts = vec![("gw.example".into(), "192.0.2.1".into())];
+        let c = f.build(&req).unwrap();
+        let m = mount(&c, HOSTS_DIR).expect("hosts dir mounted");
+        assert_eq!(m["type"], "bind");
+        assert_eq!(
+            m["source"],
+            f.bundle().join("net").display().to_string().as_str()
+        );
+        let opts: Vec<&str> = m["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(opts.contains(&"ro") && opts.contains(&"rbind"), "{opts:?}");
+        assert!(mount(&c, "/etc/hosts").is_none(), "no file bind mount");
+        assert!(mount(&c, "/etc/resolv.conf").is_some());
+        assert!(mount(&c, "/etc/hostname").is_some());
+
+        let rootfs = f.bundle().join("rootfs");
+        assert_eq!(
+            fs::read_link(rootfs.join("etc/hosts")).unwrap(),
+            Path::new("/run/cntnr/net/hosts")
+        );
+        assert!(rootfs.join("run/cntnr/net").is_dir(), "mount point made");
+        let hosts = fs::read_to_string(crate::bundle::hosts_path(&f.bundle())).unwrap();
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost web1\n"), "{hosts}");
+        assert!(hosts.ends_with("192.0.2.1\tgw.example\n"), "{hosts}");
+        // Re-running over a rootfs that already has the link is fine.
+        f.build(&req).unwrap();
+    }
+
+    #[test]
+    fn etc_hosts_link_stays_inside_the_rootfs() {
+        let f = Fixture::new();
+        let rootfs = f.bundle().join("rootfs");
+        // The image's /etc points out of the rootfs.
+        let outside = f.bundle().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("hosts"), "host file\n").unwrap();
+        fs::remove_dir_all(rootfs.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("etc")).unwrap();
+        f.build(&request(NetworkMode::Bridge)).unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.join("hosts")).unwrap(),
+            "host file\n"
+        );
+    }
+
+    const HOSTS_DIR: &str = crate::bundle::HOSTS_DIR_IN_CONTAINER;
+
+    #[test]
+    fn resolv_conf_in_a_private_netns_never_points_at_host_loopback() {
+        let resolved_stub = "# stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
+        let upstream = "nameserver 192.0.2.53\nsearch lan\n";
+        // systemd-resolved's stub: its upstream list instead.
+        assert_eq!(
+            resolv_conf(resolved_stub, Some(upstream), true, &[], &[]),
+            "nameserver 192.0.2.53\nsearch lan\n"
+        );
+        // No upstream list: loopback dropped, docker's fallback.
+        assert_eq!(
+            resolv_conf(resolved_stub, None, true, &[], &[]),
+            "nameserver 8.8.8.8\nnameserver 8.8.4.4\nsearch lan\noptions edns0 trust-ad\n"
+        );
+        // Mixed: only the loopback entry goes.
+        assert_eq!(
+            resolv_conf(
+                "nameserver 127.0.0.1\nnameserver 198.51.100.1\n",
+                None,
+                true,
+                &[],
+                &[]
+            ),
+            "nameserver 198.51.100.1\n"
+        );
+        // Host network: the host's file untouched.
+        assert_eq!(
+            resolv_conf(resolved_stub, Some(upstream), false, &[], &[]),
+            resolved_stub
+        );
+        // dns / dns_search replace what the host has.
+        assert_eq!(
+            resolv_conf(
+                resolved_stub,
+                None,
+                true,
+                &["10.0.0.2".into()],
+                &["corp.example".into()]
+            ),
+            "nameserver 10.0.0.2\nsearch corp.example\noptions edns0 trust-ad\n"
+        );
+        assert_eq!(
+            resolv_conf("nameserver 198.51.100.1\n", None, false, &[], &["x".into()]),
+            "nameserver 198.51.100.1\nsearch x\n"
+        );
+    }
 
     #[test]
     fn only_namespaced_sysctls_pass() {
