@@ -3,7 +3,8 @@
 //! compose file → model → `ContainerRequest::from_service` → the hook's
 //! network config and request → `bundle::build` with the bridge wiring →
 //! the runc driver's create + start → names through the project's hosts
-//! files → stop, delete, `release_network`, and nothing left on the host.
+//! files (also after a restart moves a service to a new IP) → stop, delete,
+//! `release_network`, and nothing left on the host.
 
 mod support;
 
@@ -320,7 +321,8 @@ fn project(name: &str, yaml: &str) -> Project {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compose_services_reach_each_other_by_name_publish_ports_stay_isolated_and_leave_nothing() {
+async fn compose_services_reach_each_other_by_name_publish_ports_stay_isolated_follow_a_restart_and_leave_nothing(
+) {
     if !is_root() {
         panic!("this test needs root (CNI bridges, veths, iptables)");
     }
@@ -417,6 +419,22 @@ services:
     // …while db still answers its own project (the failure is isolation).
     assert_eq!(
         w.nc(&web.id, &db_ip, 5432).await.unwrap(),
+        "hello from db\n"
+    );
+
+    // Restart db: it comes back with a new IP, and web's name for it
+    // follows as soon as the agent has replaced the hosts files (the running
+    // container sees the rename through its /etc/hosts symlink).
+    w.remove(&db).await;
+    let db = w.start(&shop, "db").await;
+    assert_ne!(db.ip.to_string(), db_ip, "host-local hands out the next IP");
+    w.write_hosts(&[&web, &db]);
+    let hosts = w.exec(&web.id, "cat /etc/hosts").await;
+    let hosts = String::from_utf8_lossy(&hosts.stdout).into_owned();
+    assert!(hosts.contains(&format!("{}\tdb db-1", db.ip)), "{hosts}");
+    assert!(!hosts.contains(&format!("{db_ip}\t")), "{hosts}");
+    assert_eq!(
+        w.nc_ready(&web.id, "db", 5432).await.unwrap(),
         "hello from db\n"
     );
 
