@@ -351,10 +351,12 @@ services:
     entrypoint: ["/bin/busybox"]
     command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
     ports: ["127.0.0.1:{port}:80"]
+    dns: ["127.0.0.1"]
   db:
     image: "{image}"
     entrypoint: ["/bin/busybox"]
     command: ["nc", "-ll", "-p", "5432", "-e", "echo", "hello from db"]
+    dns: ["127.0.0.1"]
 "#
         ),
     );
@@ -367,6 +369,7 @@ services:
     image: "{image}"
     entrypoint: ["/bin/busybox"]
     command: ["sleep", "3600"]
+    dns: ["127.0.0.1"]
 "#
         ),
     );

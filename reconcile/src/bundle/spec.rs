@@ -642,17 +642,19 @@ fn write_etc(
 /// 127.0.0.53 is unreachable from a private network namespace).
 const SYSTEMD_RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
 
-/// Docker's fallback when the host has no nameserver a private network
-/// namespace can reach.
-const FALLBACK_NAMESERVERS: [&str; 2] = ["8.8.8.8", "8.8.4.4"];
+/// Written when a private network namespace is left with no usable
+/// nameserver. Deliberately no public fallback (docker's 8.8.8.8): cntnr
+/// never sends a container's lookups somewhere the operator did not name.
+const NO_NAMESERVER: &str =
+    "# cntnr: the host has no nameserver usable from a private network; set dns: in the compose file\n";
 
 /// The container's `resolv.conf`, as docker makes it. Host network, nothing
 /// set: the host's file as is. Otherwise the host's nameservers (`dns`
 /// replaces them), `search` (`dns_search` replaces it) and `options`; in a
 /// private namespace loopback nameservers are dropped (they are the
 /// container's own loopback there), after first trying systemd-resolved's
-/// `upstream` list when the host only has its stub, and docker's public
-/// fallback is used when none is left.
+/// `upstream` list when the host only has its stub; when none is left the
+/// file names no server (unlike docker, no public fallback).
 fn resolv_conf(
     host: &str,
     upstream: Option<&str>,
@@ -685,10 +687,11 @@ fn resolv_conf(
     }
     if !dns.is_empty() {
         servers = dns.to_vec();
-    } else if servers.is_empty() && private_net {
-        servers = FALLBACK_NAMESERVERS.iter().map(|s| s.to_string()).collect();
     }
     let mut out = String::new();
+    if servers.is_empty() && private_net {
+        out.push_str(NO_NAMESERVER);
+    }
     for ns in servers {
         out.push_str(&format!("nameserver {ns}\n"));
     }
@@ -1017,10 +1020,10 @@ mod tests {
             resolv_conf(resolved_stub, Some(upstream), true, &[], &[]),
             "nameserver 192.0.2.53\nsearch lan\n"
         );
-        // No upstream list: loopback dropped, docker's fallback.
+        // No upstream list: loopback dropped, and no public fallback.
         assert_eq!(
             resolv_conf(resolved_stub, None, true, &[], &[]),
-            "nameserver 8.8.8.8\nnameserver 8.8.4.4\nsearch lan\noptions edns0 trust-ad\n"
+            format!("{NO_NAMESERVER}search lan\noptions edns0 trust-ad\n")
         );
         // Mixed: only the loopback entry goes.
         assert_eq!(
