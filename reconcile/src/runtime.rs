@@ -199,7 +199,9 @@ pub struct ExecRequest {
     pub env: Vec<String>,
     /// Working directory, else the container's.
     pub cwd: Option<String>,
-    /// Hard limit; on expiry the exec is killed and [`RuntimeError::Timeout`] returned.
+    /// Hard limit; on expiry the process started in the container and all
+    /// its descendants are SIGKILLed (none outlives the call, also when the
+    /// future is dropped) and [`RuntimeError::Timeout`] is returned.
     pub timeout: Duration,
 }
 
