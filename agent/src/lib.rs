@@ -4,5 +4,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod health;
+pub mod registration;
 pub mod store;
 pub mod table;
