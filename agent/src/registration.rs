@@ -208,6 +208,21 @@ pub fn registration(r: &RunningReplica<'_>, timings: RegistrationTimings) -> Opt
     })
 }
 
+/// The container behind a registry entry if, and only if, this node made
+/// it: its id is `<node>/<container id>` with this node, and its meta says
+/// the same node. Anything else (another node's entries, another tool's)
+/// must never be touched — the agent's clean-up at start deregisters only
+/// entries this returns `Some` for whose container no longer exists.
+pub fn owned_container(
+    id: &str,
+    entry_meta: &std::collections::BTreeMap<String, String>,
+    node: &NodeName,
+) -> Option<ContainerId> {
+    let parsed = InstanceId::parse(id).ok()?;
+    (parsed.node == *node && entry_meta.get(meta::NODE).map(String::as_str) == Some(node.as_str()))
+        .then_some(parsed.container)
+}
+
 /// When to write an instance's TTL check (`Store::set_check`): at once on
 /// every health change, and otherwise every [`RegistrationTimings::refresh_every`]
 /// so the TTL never lapses while the agent runs. Nothing else is written, so
@@ -455,6 +470,36 @@ mod tests {
         );
         // The id parses back as an instance id.
         assert_eq!(InstanceId::parse(&g.id).unwrap(), instance_id(&r));
+    }
+
+    #[test]
+    fn only_this_nodes_own_entries_are_claimed() {
+        let node = NodeName::new("n1").unwrap();
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ours = m(&[("node", "n1"), ("project", "shop")]);
+        let cases: [(&str, BTreeMap<String, String>, Option<&str>); 7] = [
+            ("n1/shop-web-1", ours.clone(), Some("shop-web-1")),
+            ("n2/shop-web-1", m(&[("node", "n2")]), None), // another node
+            ("n2/shop-web-1", ours.clone(), None),         // id and meta disagree
+            ("n1/shop-web-1", m(&[("node", "n2")]), None),
+            ("n1/shop-web-1", m(&[]), None),  // no meta: another tool
+            ("web-1", ours.clone(), None),    // not an instance id
+            ("n1/redis", ours.clone(), None), // not a container id
+        ];
+        for (id, meta, want) in cases {
+            assert_eq!(
+                owned_container(id, &meta, &node)
+                    .as_ref()
+                    .map(ContainerId::as_str),
+                want,
+                "{id} {meta:?}"
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,13 @@ impl Runc {
         let Some(state) = self.ours(id).await? else {
             return Err(RuntimeError::NotFound(id.to_string()));
         };
-        if !matches!(state.status, Status::Running | Status::Paused) || state.pid <= 0 {
+        // runc itself refuses a stopped container; checking first also
+        // guarantees the init pid the guard below relies on.
+        if !matches!(
+            state.status,
+            Status::Created | Status::Running | Status::Paused
+        ) || state.pid <= 0
+        {
             return Err(RuntimeError::Runc {
                 verb: "exec",
                 id: id.to_string(),
