@@ -317,6 +317,20 @@ pub trait Runtime: Send + Sync {
         id: &ContainerId,
         req: &ExecRequest,
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
+    /// [`Runtime::exec`] in a container whose state the caller already
+    /// holds (from [`Runtime::state`] or [`Runtime::list`]), skipping the
+    /// state lookup: for repeated execs such as health checks, where that
+    /// lookup would cost a quarter of the exec again. Refuses a state
+    /// without cntnr's annotations. If the container was replaced since the
+    /// state was read, the exec fails or runs in the new container; re-read
+    /// the state after an error.
+    fn exec_in(
+        &self,
+        state: &ContainerState,
+        req: &ExecRequest,
+    ) -> impl Future<Output = Result<ExecOutput>> + Send {
+        self.exec(&state.id, req)
+    }
     /// Resolves when the container's init has exited (event-driven, also for
     /// containers started before an agent restart).
     fn wait_exit(&self, id: &ContainerId) -> impl Future<Output = Result<ExitStatus>> + Send;

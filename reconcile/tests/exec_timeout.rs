@@ -132,3 +132,37 @@ async fn exec_that_finishes_in_time_is_not_disturbed() {
         .collect();
     assert!(pid_files.is_empty(), "{pid_files:?}");
 }
+
+#[tokio::test]
+async fn exec_in_reuses_a_known_state_and_refuses_a_foreign_one() {
+    let w = World::new();
+    let id = w.run(&w.request("hc", &["sleep", "600"])).await;
+    let state = w.runc.state(&id).await.unwrap().unwrap();
+    for _ in 0..2 {
+        let out = w
+            .runc
+            .exec_in(&state, &exec(&["echo", "hi"], Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!((out.code, out.stdout.as_slice()), (0, &b"hi\n"[..]));
+    }
+    // A hung exec through exec_in is killed like any other.
+    let secs = unique_seconds(4);
+    let err = w
+        .runc
+        .exec_in(&state, &exec(&["sleep", &secs], Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Timeout { .. }), "{err}");
+    let left = wait_gone(&["sleep", secs.as_str()], Duration::from_millis(500)).await;
+    assert!(left.is_empty(), "leaked: {left:?}");
+
+    let mut foreign = state.clone();
+    foreign.annotations.clear();
+    let err = w
+        .runc
+        .exec_in(&foreign, &exec(&["true"], Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Foreign(_)), "{err}");
+}

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cntnr_model::{HealthTest, Protocol, ServiceSpec};
-use cntnr_reconcile::runtime::{ContainerId, ExecRequest, Runtime, RuntimeError};
+use cntnr_reconcile::runtime::{
+    ContainerId, ContainerState, ExecOutput, ExecRequest, Runtime, RuntimeError,
+};
 use http_body_util::Empty;
 use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper_util::rt::TokioIo;
@@ -126,12 +128,18 @@ pub fn first_container_port(spec: &ServiceSpec) -> Option<u16> {
 }
 
 /// The probes of one running container.
+///
+/// The exec probe looks the container's state up once and then reuses it
+/// ([`Runtime::exec_in`]): a `runc state` per check would add a quarter to
+/// the cost of each `runc exec`. After an exec error other than a timeout
+/// the state is looked up again on the next round.
 #[derive(Debug)]
 pub struct ContainerProbes<R> {
     runtime: Arc<R>,
     container: ContainerId,
     address: IpAddr,
     config: HealthConfig,
+    state: std::sync::Mutex<Option<ContainerState>>,
 }
 
 impl<R: Runtime + 'static> ContainerProbes<R> {
@@ -147,7 +155,36 @@ impl<R: Runtime + 'static> ContainerProbes<R> {
             container,
             address,
             config,
+            state: std::sync::Mutex::new(None),
         }
+    }
+
+    async fn exec_check(&self, argv: &[String], timeout: Duration) -> ProbeResult {
+        let cached = self.state.lock().expect("not poisoned").clone();
+        let state = match cached {
+            Some(s) => s,
+            None => match self.runtime.state(&self.container).await {
+                Ok(Some(s)) => {
+                    *self.state.lock().expect("not poisoned") = Some(s.clone());
+                    s
+                }
+                Ok(None) => {
+                    return ProbeResult::fail(format!(
+                        "health check could not run: container {} does not exist",
+                        self.container
+                    ))
+                }
+                Err(e) => return ProbeResult::fail(format!("health check could not run: {e}")),
+            },
+        };
+        let res = self
+            .runtime
+            .exec_in(&state, &exec_request(argv, timeout))
+            .await;
+        if matches!(&res, Err(e) if !matches!(e, RuntimeError::Timeout { .. })) {
+            *self.state.lock().expect("not poisoned") = None;
+        }
+        exec_result(res)
     }
 
     /// The configuration.
@@ -161,9 +198,7 @@ impl<R: Runtime + 'static> Probe for ContainerProbes<R> {
         let timeout = self.config.policy.timeout;
         let exec = async {
             match &self.config.exec {
-                Some(argv) => {
-                    Some(exec_probe(&*self.runtime, &self.container, argv, timeout).await)
-                }
+                Some(argv) => Some(self.exec_check(argv, timeout).await),
                 None => None,
             }
         };
@@ -210,13 +245,20 @@ pub async fn exec_probe<R: Runtime>(
     argv: &[String],
     timeout: Duration,
 ) -> ProbeResult {
-    let req = ExecRequest {
+    exec_result(runtime.exec(container, &exec_request(argv, timeout)).await)
+}
+
+fn exec_request(argv: &[String], timeout: Duration) -> ExecRequest {
+    ExecRequest {
         args: argv.to_vec(),
         env: Vec::new(),
         cwd: None,
         timeout,
-    };
-    match runtime.exec(container, &req).await {
+    }
+}
+
+fn exec_result(res: Result<ExecOutput, RuntimeError>) -> ProbeResult {
+    match res {
         Ok(out) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));

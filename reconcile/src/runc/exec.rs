@@ -15,7 +15,9 @@
 //! signalled, even if a pid was reused.
 
 use super::Runc;
-use crate::runtime::{ContainerId, ExecOutput, ExecRequest, Result, RuntimeError, Status};
+use crate::runtime::{
+    ContainerId, ContainerState, ExecOutput, ExecRequest, Result, RuntimeError, Status,
+};
 use rustix::process::{kill_process, Pid, Signal};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
@@ -42,6 +44,17 @@ impl Runc {
         let Some(state) = self.ours(id).await? else {
             return Err(RuntimeError::NotFound(id.to_string()));
         };
+        self.exec_with_state(&state, req).await
+    }
+
+    /// The exec itself, in the container `state` describes (already known
+    /// to be ours).
+    pub(super) async fn exec_with_state(
+        &self,
+        state: &ContainerState,
+        req: &ExecRequest,
+    ) -> Result<ExecOutput> {
+        let id = &state.id;
         // runc itself refuses a stopped container; checking first also
         // guarantees the init pid the guard below relies on.
         if !matches!(
@@ -65,7 +78,7 @@ impl Runc {
                 SEQ.fetch_add(1, Ordering::Relaxed)
             ),
         );
-        let mut c = self.command_in(Some(&state));
+        let mut c = self.command_in(Some(state));
         c.arg("exec").arg("--pid-file").arg(&pid_file);
         for e in &req.env {
             c.arg("--env").arg(e);

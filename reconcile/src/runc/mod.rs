@@ -256,6 +256,13 @@ impl Runtime for Runc {
         self.exec_impl(id, req).await
     }
 
+    async fn exec_in(&self, state: &ContainerState, req: &ExecRequest) -> Result<ExecOutput> {
+        if !state.is_ours() {
+            return Err(RuntimeError::Foreign(state.id.to_string()));
+        }
+        self.exec_with_state(state, req).await
+    }
+
     async fn wait_exit(&self, id: &ContainerId) -> Result<ExitStatus> {
         self.wait_impl(id).await
     }
