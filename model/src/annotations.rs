@@ -87,6 +87,21 @@ pub struct AgentSettings {
     pub check_tcp: Option<u16>,
     /// `cntnr.drain` (default 0s).
     pub drain: Duration,
+    /// `cntnr.health.on-failure`: what an unhealthy container gets.
+    pub health_on_failure: HealthOnFailure,
+}
+
+/// `cntnr.health.on-failure`: `restart` (default: an unhealthy container is
+/// restarted per its restart policy, as if it had failed) or `none` (health
+/// is only reported and registered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthOnFailure {
+    /// Restart per the restart policy.
+    #[default]
+    Restart,
+    /// Only report it.
+    None,
 }
 
 /// Annotations the agent writes on every container; a compose file may not
@@ -108,6 +123,7 @@ const KNOWN: &[&str] = &[
     "cntnr.check.http",
     "cntnr.check.tcp",
     "cntnr.drain",
+    "cntnr.health.on-failure",
 ];
 
 fn parse_port(v: &str) -> Option<u16> {
@@ -228,6 +244,11 @@ pub fn parse_agent_settings(
                 Ok(d) => s.drain = d,
                 Err(e) => err(e),
             },
+            "cntnr.health.on-failure" => match value.as_str() {
+                "restart" => s.health_on_failure = HealthOnFailure::Restart,
+                "none" => s.health_on_failure = HealthOnFailure::None,
+                v => err(format!("invalid value {v:?}: must be restart or none")),
+            },
             k if RESERVED.contains(&k) => {
                 err("reserved: the agent sets this annotation on every container".to_string())
             }
@@ -270,6 +291,7 @@ mod tests {
             ("cntnr.check.http", "8080/healthz"),
             ("cntnr.check.tcp", "5432"),
             ("cntnr.drain", "5s"),
+            ("cntnr.health.on-failure", "none"),
             ("org.example.other", "kept"),
         ]);
         assert!(errs.is_empty(), "{errs:?}");
@@ -294,6 +316,19 @@ mod tests {
         );
         assert_eq!(s.check_tcp, Some(5432));
         assert_eq!(s.drain, Duration::from_secs(5));
+        assert_eq!(s.health_on_failure, HealthOnFailure::None);
+        assert_eq!(
+            AgentSettings::default().health_on_failure,
+            HealthOnFailure::Restart
+        );
+        let (_, errs) = parse(&[("cntnr.health.on-failure", "ignore")]);
+        assert_eq!(
+            errs,
+            vec![(
+                "cntnr.health.on-failure".to_string(),
+                "invalid value \"ignore\": must be restart or none".to_string()
+            )]
+        );
     }
 
     #[test]

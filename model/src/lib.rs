@@ -44,7 +44,9 @@ pub mod spec;
 pub mod units;
 pub mod validate;
 
-pub use annotations::{AgentSettings, EnvMissing, EnvOnChange, EnvSource, HttpCheck};
+pub use annotations::{
+    AgentSettings, EnvMissing, EnvOnChange, EnvSource, HealthOnFailure, HttpCheck,
+};
 pub use error::{Diagnostic, ErrorKind, LoadError};
 pub use hash::{config_hash, ConfigHash, HASH_VERSION};
 pub use keys::{ConfigKey, KeyError, Prefix, StoreKey};
