@@ -39,12 +39,22 @@ fn deploy(s: &TestStore, name: &str, yaml: &str) {
 
 /// Running containers under the agent's runc root: id → init pid.
 fn running(a: &Agent) -> BTreeMap<String, u64> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(a.runtime_root())
-        .args(["list", "--format", "json"])
-        .output()
-        .unwrap();
+    // Retried: runc list can fail while a container is being deleted.
+    let mut tries = 0;
+    let out = loop {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(a.runtime_root())
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        tries += 1;
+        if out.status.success() || tries == 10 {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(out.status.success(), "runc list: {out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     v.as_array()
         .into_iter()
@@ -311,6 +321,19 @@ fn invalid_project_and_missing_image_leave_others_running() {
         "{rc}"
     );
     assert_eq!(container(&rc, "c-gone-1").unwrap()["state"], "failed");
+    // The failing create is retried with backoff, not in a loop.
+    let failures = |a: &Agent| -> u64 {
+        let m = a.get("/metrics").unwrap().1;
+        m.lines()
+            .find(|l| l.starts_with("cntnr_action_failures_total{kind=\"create\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let f0 = failures(&a);
+    std::thread::sleep(Duration::from_secs(4));
+    let f1 = failures(&a);
+    assert!(f1 - f0 <= 3, "create retried {} times in 4s", f1 - f0);
 
     // Breaking B keeps its last good container running.
     let pid = running(&a)["b-api-1"];
@@ -462,6 +485,15 @@ fn store_outage_leaves_containers_running_and_a_later_change_applies_once() {
         "containers keep running without the store"
     );
     etcd.restart();
+    // The status key went with the lost session; the new session writes it
+    // again without any change to the project.
+    // (Read through this etcd: the test store's raw helpers know only the
+    // shared servers.)
+    common::wait_for(WAIT, "status written again after the outage", || {
+        let out = etcd.etcdctl(&["get", &s.key("status/shop/n1"), "--print-value-only"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["containers"].as_array()?.len() == 3).then_some(())
+    });
 
     deploy(&s, "shop", &project(3, "v1"));
     let after = wait_running(

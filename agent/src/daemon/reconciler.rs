@@ -158,6 +158,9 @@ pub async fn run(
     let mut synced = engine.shared.desired_changes();
     let mut first_round: Option<BTreeSet<ProjectName>> = None;
     let mut passed: BTreeSet<ProjectName> = BTreeSet::new();
+    // A new session: status keys bound to the old one are gone, so every
+    // project's status is written afresh.
+    lock(&engine.last_status).clear();
     let mut running: JoinSet<(ProjectName, Option<Duration>, bool)> = JoinSet::new();
     let mut active: BTreeSet<ProjectName> = BTreeSet::new();
     let mut dirty: BTreeSet<ProjectName> = BTreeSet::new();
@@ -274,47 +277,51 @@ impl Engine {
     ) -> Option<Duration> {
         let started = Instant::now();
         let r = self.pass(project, triggers, status).await;
-        self.shared
-            .metrics
-            .reconciled(started.elapsed(), matches!(r, Ok((_, false))));
-        match r {
-            Ok((next, failed)) => {
-                let n = {
-                    let mut f = lock(&self.failures);
-                    if failed {
-                        let n = f.entry(project.clone()).or_insert(0);
-                        *n = n.saturating_add(1);
-                        *n
-                    } else {
-                        f.remove(project);
-                        0
-                    }
-                };
-                if n > 0 {
-                    return Some(failure_backoff(n).min(next.unwrap_or(Duration::MAX)));
-                }
-                next
+        let ok = matches!(&r, Ok(Some(o)) if !o.failed) || matches!(r, Ok(None));
+        self.shared.metrics.reconciled(started.elapsed(), ok);
+        let failures = {
+            let mut f = lock(&self.failures);
+            if ok {
+                f.remove(project);
+                0
+            } else {
+                let n = f.entry(project.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
             }
+        };
+        let outcome = match r {
+            Ok(None) => return None,
+            Ok(Some(o)) => o,
             Err(e) => {
-                let n = {
-                    let mut f = lock(&self.failures);
-                    let n = f.entry(project.clone()).or_insert(0);
-                    *n = n.saturating_add(1);
-                    *n
-                };
                 tracing::warn!(project = %project, error = %format!("{e:#}"), "reconcile failed");
-                Some(failure_backoff(n))
+                return Some(failure_backoff(failures));
             }
+        };
+        // After a failure, back off (a crash-looping create must not spin);
+        // after a change, look again soon; a pending restart is due at its
+        // deadline; and never later than the resync period.
+        let mut next = if outcome.failed {
+            failure_backoff(failures)
+        } else if outcome.changed {
+            AFTER_CHANGE
+        } else {
+            self.tuning.resync
+        };
+        if let Some(a) = outcome.restart_after {
+            next = next.min(a.max(Duration::from_millis(10)));
         }
+        Some(next.min(self.tuning.resync))
     }
 
-    /// The pass proper: `(requeue, some action failed)`.
+    /// The pass proper: what it did, or `None` when the project is gone
+    /// from the store and from this node.
     async fn pass(
         self: &Arc<Self>,
         project: &ProjectName,
         triggers: &mpsc::UnboundedSender<ProjectName>,
         status: &mpsc::UnboundedSender<StatusMsg>,
-    ) -> Result<(Option<Duration>, bool)> {
+    ) -> Result<Option<Outcome>> {
         let (dp, schedule) = {
             let d = lock(&self.shared.desired);
             (
@@ -383,7 +390,7 @@ impl Engine {
             lock(&self.states).remove(project);
             self.publish_states();
             let _ = status.send(StatusMsg::Delete(project.clone()));
-            return Ok((None, false));
+            return Ok(None);
         }
         let desired_ref = desired.as_ref().map(|(d, _)| d);
         let record = self.status_record(&mine, desired_ref, &outcome, generation, errors, warnings);
@@ -401,17 +408,11 @@ impl Engine {
             }
             !same
         };
+        tracing::debug!(project = %project, changed = outcome.changed, failed = outcome.failed, status_changed = changed_status, "reconciled");
         if changed_status {
             let _ = status.send(StatusMsg::Put(project.clone(), record));
         }
-        let mut next = self.tuning.resync;
-        if outcome.changed {
-            next = next.min(AFTER_CHANGE);
-        }
-        if let Some(a) = outcome.restart_after {
-            next = next.min(a.max(Duration::from_millis(10)));
-        }
-        Ok((Some(next), outcome.failed))
+        Ok(Some(outcome))
     }
 
     /// The plan's view of the containers: runc's state plus the memos;

@@ -302,12 +302,22 @@ pub fn runc_list(root: &Path) -> Vec<(String, String)> {
     if !root.exists() {
         return Vec::new();
     }
-    let out = Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .args(["list", "--format", "json"])
-        .output()
-        .expect("run runc list");
+    // runc list can fail while a container is being deleted under it
+    // (its state dir vanishes mid-listing): retry briefly.
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["list", "--format", "json"])
+            .output()
+            .expect("run runc list");
+        tries += 1;
+        if out.status.success() || tries == 10 {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(out.status.success(), "runc list: {out:?}");
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
