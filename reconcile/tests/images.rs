@@ -322,6 +322,54 @@ fn gc_and_rm_remove_unused_images_blobs_and_layers() {
     assert_eq!(fs::read_dir(s.root().join("layers")).unwrap().count(), 0);
 }
 
+/// Regression: `rm` (and gc) of an image a container still runs from deleted
+/// the layer dirs under the container's overlay mount.
+#[test]
+fn rm_keeps_layers_a_mounted_overlay_still_uses() {
+    if !is_root() {
+        eprintln!("overlay mounts need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = busybox_image(&tmp.path().join("layout"));
+    let s = store(tmp.path());
+    let rec = s.import(&reference).unwrap();
+    let dirs = s.layer_dirs(&rec).unwrap();
+    let merged = tmp.path().join("merged");
+    let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
+    for d in [&merged, &upper, &work] {
+        fs::create_dir(d).unwrap();
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        dirs[0].display(),
+        upper.display(),
+        work.display()
+    );
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        std::ffi::CString::new(data).unwrap().as_c_str(),
+    )
+    .unwrap();
+    let guard = MountGuard(merged.clone());
+    assert!(s.remove(&reference).unwrap());
+    assert!(s.list().unwrap().is_empty(), "the name is gone");
+    assert!(
+        dirs[0].join("bin/busybox").exists(),
+        "the mounted layer stays"
+    );
+    assert!(merged.join("bin/busybox").exists());
+    let busy = s.gc::<&str>(&[]).unwrap();
+    assert_eq!((busy.layers, busy.busy_layers), (0, 1));
+    drop(guard);
+    let freed = s.gc::<&str>(&[]).unwrap();
+    assert_eq!((freed.layers, freed.busy_layers), (1, 0));
+    assert!(!dirs[0].exists(), "unmounted, the next gc removes it");
+}
+
 #[test]
 fn image_built_by_umoci_imports_and_unpacks() {
     let tmp = tempfile::tempdir().unwrap();

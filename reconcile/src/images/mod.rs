@@ -181,6 +181,62 @@ pub struct GcReport {
     pub blobs: usize,
     /// Unpacked layer dirs deleted.
     pub layers: usize,
+    /// Unused layer dirs kept because a mounted overlay (a running
+    /// container's rootfs) still has them as a lower dir; a later gc, after
+    /// that container is gone, removes them.
+    pub busy_layers: usize,
+}
+
+/// Every `lowerdir` of every overlay mounted in this mount namespace, from
+/// `/proc/self/mountinfo` (empty if it cannot be read).
+fn mounted_overlay_lower_dirs() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| overlay_lower_dirs(&text))
+        .unwrap_or_default()
+}
+
+/// The `lowerdir` paths of the overlay mounts in a mountinfo text. The
+/// kernel escapes space, tab, newline, backslash, `,` and `=` in options as
+/// `\ooo` octal.
+fn overlay_lower_dirs(mountinfo: &str) -> Vec<PathBuf> {
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match (b[i], octal) {
+                (b'\\', Some(d)) => {
+                    out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    let mut dirs = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((_, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut f = after.split(' ');
+        if f.next() != Some("overlay") {
+            continue;
+        }
+        let Some(opts) = f.nth(1) else { continue };
+        for opt in opts.split(',') {
+            if let Some(lower) = opt.strip_prefix("lowerdir=") {
+                dirs.extend(unescape(lower).split(':').map(PathBuf::from));
+            }
+        }
+    }
+    dirs
 }
 
 /// The image store. Cheap to clone; every method is safe to call from several
@@ -516,9 +572,16 @@ impl ImageStore {
             }
         }
         let layers = self.root.join("layers");
+        // `rm` of an image a container still runs from must not pull its
+        // layers out from under the overlay mount.
+        let mounted = mounted_overlay_lower_dirs();
         for e in fs::read_dir(&layers).map_err(ioe("listing layers", &layers))? {
             let e = e.map_err(ioe("listing layers", &layers))?;
             if !live_layers.contains(e.file_name().to_string_lossy().as_ref()) {
+                if mounted.iter().any(|m| m.starts_with(e.path())) {
+                    report.busy_layers += 1;
+                    continue;
+                }
                 unpack::remove_tree(&e.path()).map_err(ioe("removing layer", &e.path()))?;
                 report.layers += 1;
             }
@@ -601,5 +664,28 @@ impl ImageStore {
                 }),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_lower_dirs_come_from_overlay_mounts_only_and_are_unescaped() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:52 / /run/c/rootfs rw,relatime - overlay overlay rw,lowerdir=/s/layers/b:/s/layers/a,upperdir=/s/c/upper,workdir=/s/c/work
+91 22 0:53 / /x rw - overlay overlay rw,lowerdir=/with\\040space/l,upperdir=/u,workdir=/w
+92 22 0:54 / /y rw - tmpfs tmpfs rw,lowerdir=/not/overlay
+";
+        assert_eq!(
+            overlay_lower_dirs(info),
+            vec![
+                PathBuf::from("/s/layers/b"),
+                PathBuf::from("/s/layers/a"),
+                PathBuf::from("/with space/l"),
+            ]
+        );
     }
 }
