@@ -511,3 +511,52 @@ fn store_outage_leaves_containers_running_and_a_later_change_applies_once() {
         "created exactly once:\n{log}"
     );
 }
+
+/// Image gc: once a project no longer names an image, the agent drops it
+/// (at its resync period), while the image in use stays.
+#[test]
+fn image_no_project_uses_is_collected() {
+    let s = TestStore::new(Kind::Dir, "gc");
+    let mut a = s.agent_with("n1", &["--resync", "1s"], &[]);
+    // A second reference to the same layout: another image name.
+    let copy = s.tmp.path().join("image-copy");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(common::test_image())
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let first = common::test_image_ref();
+    let second = format!("oci:{}:latest", copy.display());
+    let yaml = |image: &str| {
+        format!("services:\n  app:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n")
+    };
+    let images = |a: &Agent| -> Vec<String> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cntnr"))
+            .arg("--state-dir")
+            .arg(a.state_dir())
+            .args(["image", "ls", "--json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|i| i["reference"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    deploy(&s, "gc", &yaml(&first));
+    wait_running(&a, &["gc-app-1"]);
+    assert_eq!(images(&a), vec![first.clone()]);
+    deploy(&s, "gc", &yaml(&second));
+    common::wait_for(WAIT, "the first image collected", || {
+        (images(&a) == vec![second.clone()]).then_some(())
+    });
+    // The container runs from the image that stayed.
+    let running = wait_running(&a, &["gc-app-1"]);
+    assert_eq!(running.len(), 1);
+    assert!(a.running(), "{}", a.log_text());
+}

@@ -165,6 +165,10 @@ pub async fn run(
     let mut active: BTreeSet<ProjectName> = BTreeSet::new();
     let mut dirty: BTreeSet<ProjectName> = BTreeSet::new();
     let mut due: BTreeMap<ProjectName, tokio::time::Instant> = BTreeMap::new();
+    // Image garbage collection, once per resync period, between passes (a
+    // pass may be fetching an image its containers do not run from yet).
+    let mut gc_tick = tokio::time::interval(engine.tuning.resync);
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let spawn = |p: ProjectName,
                  running: &mut JoinSet<(ProjectName, Option<Duration>, bool)>,
                  active: &mut BTreeSet<ProjectName>,
@@ -224,6 +228,9 @@ pub async fn run(
                 }
                 Err(e) => return Err(anyhow!("a reconcile task panicked: {e}")),
             },
+            _ = gc_tick.tick(), if running.is_empty() && engine.shared.is_synced() => {
+                engine.collect_images().await;
+            }
             _ = sleep_until(next_due), if next_due.is_some() => {
                 let now = tokio::time::Instant::now();
                 let ready: Vec<ProjectName> = due
@@ -267,6 +274,47 @@ struct Outcome {
 }
 
 impl Engine {
+    /// Image garbage collection: drops every image no desired project
+    /// names (with its blobs and unpacked layers). A layer a container still
+    /// runs from stays, whatever its image: the store never deletes a layer
+    /// a mounted rootfs uses. Skipped while any project does not parse: its
+    /// last good containers keep running and may need their image again.
+    async fn collect_images(&self) {
+        let in_use: Option<Vec<String>> = lock(&self.shared.desired)
+            .projects
+            .values()
+            .map(|p| {
+                p.spec.as_ref().ok().map(|project| {
+                    project
+                        .services
+                        .values()
+                        .map(|s| s.image.to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat());
+        let Some(in_use) = in_use else {
+            tracing::debug!("image gc skipped: a project does not parse");
+            return;
+        };
+        let images = self.host.images.clone();
+        match tokio::task::spawn_blocking(move || images.gc(&in_use)).await {
+            Ok(Ok(r)) if !r.images.is_empty() || r.blobs > 0 || r.layers > 0 => {
+                tracing::info!(
+                    images = ?r.images,
+                    blobs = r.blobs,
+                    layers = r.layers,
+                    busy_layers = r.busy_layers,
+                    "removed unused images"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "image gc failed"),
+            Err(e) => tracing::warn!(error = %e, "image gc task failed"),
+        }
+    }
+
     /// One pass over `project`; returns when to requeue (`None`: the
     /// project is gone and so are its containers).
     async fn reconcile(
