@@ -338,6 +338,19 @@ pub fn runc_list(root: &Path) -> Vec<(String, String)> {
 /// Removes every container under `root` and unmounts every bundle rootfs
 /// under `state` (what an agent killed by a test leaves behind).
 pub fn cleanup_runtime(root: &Path, state: &Path) {
+    // A `runc create` the killed agent started (under its shim, in its own
+    // session) may still be running: let it finish, or the container it
+    // registers after our listing is orphaned in `runc init` forever.
+    let in_flight = || {
+        procs_mentioning(state)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.iter().any(|a| a == "create") && cmd.iter().any(|a| a == "runc"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_flight() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for (id, _) in runc_list(root) {
         let _ = Command::new("runc")
             .arg("--root")
@@ -345,12 +358,40 @@ pub fn cleanup_runtime(root: &Path, state: &Path) {
             .args(["delete", "--force", &id])
             .output();
     }
+    // Shims of deleted containers exit on their own; any left (their
+    // container never started) go now.
+    for (pid, _) in procs_mentioning(state) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+    }
     if let Ok(rd) = std::fs::read_dir(state.join("bundles")) {
         for e in rd.flatten() {
             let rootfs = e.path().join("rootfs");
             let _ = Command::new("umount").arg(&rootfs).output();
         }
     }
+}
+
+/// Processes (pid, argv) with an argument under `dir`.
+fn procs_mentioning(dir: &Path) -> Vec<(u32, Vec<String>)> {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            argv.iter()
+                .any(|a| Path::new(a).starts_with(dir))
+                .then_some((pid, argv))
+        })
+        .collect()
 }
 
 /// An OCI layout of the example busybox image (tag `latest`), built once
