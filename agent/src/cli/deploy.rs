@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Args;
 use cntnr_model::interpolate::Interpolator;
-use cntnr_model::{load_files, render, LoadOptions, StoreKey};
+use cntnr_model::{load_files, render, LoadOptions, Project, StoreKey};
 use serde_json::{json, Value};
 
 use super::Ctx;
@@ -29,15 +29,18 @@ pub struct DeployArgs {
     pub project_name: Option<String>,
 }
 
-/// Runs `deploy`.
-pub async fn run(ctx: &Ctx, args: &DeployArgs) -> Result<()> {
+/// Loads `files` exactly as `deploy` does (the model's pipeline, then the
+/// refusal of relative bind sources) and prints the warnings. On a problem,
+/// prints every one as `error: …` on stderr and fails with a one-line
+/// summary starting with `what` (e.g. "project not deployed").
+pub fn load_checked(files: &[PathBuf], project_name: Option<&str>, what: &str) -> Result<Project> {
     let env = super::process_env();
     let opts = LoadOptions {
-        project_name: args.project_name.clone(),
+        project_name: project_name.map(str::to_string),
         env: env.clone(),
         ..LoadOptions::default()
     };
-    let project = match load_files(&args.files, &opts) {
+    let project = match load_files(files, &opts) {
         Ok(p) => p,
         Err(err) => {
             // Every problem, one a line; the last line is the summary.
@@ -45,21 +48,31 @@ pub async fn run(ctx: &Ctx, args: &DeployArgs) -> Result<()> {
                 eprintln!("error: {line}");
             }
             bail!(
-                "project not deployed: {} problem(s) in the compose files",
+                "{what}: {} problem(s) in the compose files",
                 err.diagnostics.len()
             );
         }
     };
-    let relative = relative_bind_sources(&args.files, &env);
+    let relative = relative_bind_sources(files, &env);
     if !relative.is_empty() {
         for line in &relative {
             eprintln!("error: {line}");
         }
-        bail!("project not deployed: relative bind paths are resolved on the deploying machine, not on the nodes; use absolute paths");
+        bail!("{what}: relative bind paths are resolved on the deploying machine, not on the nodes; use absolute paths");
     }
     for w in &project.warnings {
         eprintln!("warning: {w}");
     }
+    Ok(project)
+}
+
+/// Runs `deploy`.
+pub async fn run(ctx: &Ctx, args: &DeployArgs) -> Result<()> {
+    let project = load_checked(
+        &args.files,
+        args.project_name.as_deref(),
+        "project not deployed",
+    )?;
     let text = render::to_yaml(&project)
         .map_err(|e| anyhow::anyhow!("rendering project {}: {e}", project.name))?;
     let key = ctx.key(&StoreKey::Project(project.name.clone()));

@@ -19,6 +19,7 @@ pub mod image;
 pub mod logs;
 pub mod ls;
 pub mod nodes;
+pub mod plan;
 pub mod ps;
 pub mod rm;
 pub mod services;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Validate, interpolate, merge and write a project to the store; the
     /// agents do the rest.
     Deploy(deploy::DeployArgs),
+    /// What deploying these files would change, per node and per
+    /// container, and why; writes nothing.
+    Plan(plan::PlanArgs),
     /// Remove a project from the store; the agents stop its containers.
     Rm(rm::RmArgs),
     /// List deployed projects, with a status summary.
@@ -136,6 +140,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             unreachable!("local commands need no store and returned above")
         }
         Command::Deploy(a) => deploy::run(&ctx, a).await,
+        Command::Plan(a) => plan::run(&ctx, a).await,
         Command::Rm(a) => rm::run(&ctx, a).await,
         Command::Ls => ls::run(&ctx).await,
         Command::Ps(a) => ps::run(&ctx, a).await,

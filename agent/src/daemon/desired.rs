@@ -213,6 +213,8 @@ pub async fn run(
                 tracing::warn!(watch = what, error = %e, "watch error (the watch resumes by itself)");
             }
             Some(Ok(ev)) => {
+                // Delivered now: the lag runs until the reconcile is triggered.
+                let delivered = std::time::Instant::now();
                 shared.metrics.watch_event(what);
                 tracing::debug!(key = %ev.key, kind = ?ev.kind, synthetic = ev.synthetic, "desired state changed");
                 let a = shared
@@ -222,6 +224,7 @@ pub async fn run(
                     .apply(&prefix, ev.kind, &ev.key, &ev.value, ev.version);
                 publish(&shared, &triggers, a);
                 shared.desired_changed();
+                shared.metrics.watch_lag(what, delivered.elapsed());
             }
         }
     }

@@ -48,6 +48,7 @@ pub struct Metrics {
     registry: Registry,
     store_errors: Family<OpLabels, Counter>,
     watch_events: Family<WatchLabels, Counter>,
+    watch_lag: Family<WatchLabels, Histogram>,
     projects: Family<StateLabels, Gauge>,
     leader: Gauge,
     sessions: Counter,
@@ -69,6 +70,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("cntnr");
         let store_errors = Family::<OpLabels, Counter>::default();
         let watch_events = Family::<WatchLabels, Counter>::default();
+        let watch_lag = Family::<WatchLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
+        });
         let projects = Family::<StateLabels, Gauge>::default();
         let leader = Gauge::default();
         let sessions = Counter::default();
@@ -81,6 +85,14 @@ impl Metrics {
             "watch_events",
             "Watch events received, by watched prefix",
             watch_events.clone(),
+        );
+        registry.register(
+            "watch_lag_seconds",
+            "Time from the watch stream delivering an event under projects/ or schedule/ to \
+             the desired state having applied it and the affected project's reconcile being \
+             triggered, by watched prefix. The stores give no write timestamps, so the time \
+             between the write and its delivery by the store is not included",
+            watch_lag.clone(),
         );
         registry.register(
             "projects",
@@ -127,6 +139,7 @@ impl Metrics {
             containers,
             store_errors,
             watch_events,
+            watch_lag,
             projects,
             leader,
             sessions,
@@ -147,6 +160,16 @@ impl Metrics {
                 watch: watch.to_string(),
             })
             .inc();
+    }
+
+    /// Records the lag of one applied watch event (see the help text of
+    /// `cntnr_watch_lag_seconds`).
+    pub fn watch_lag(&self, watch: &str, lag: std::time::Duration) {
+        self.watch_lag
+            .get_or_create(&WatchLabels {
+                watch: watch.to_string(),
+            })
+            .observe(lag.as_secs_f64());
     }
 
     /// Sets the number of valid and invalid projects.

@@ -124,6 +124,25 @@ fn apply_node(
     }
 }
 
+/// The cluster the leader places `project` on: the live `nodes` (from
+/// `nodes/`) with the load of every *other* project's schedule (`schedules`
+/// may include `project`'s own; it is skipped). `cntnr plan` uses the same
+/// function, so its preview matches what the leader would write.
+pub fn cluster_for<'a>(
+    project: &ProjectName,
+    nodes: &BTreeMap<NodeName, NodeRecord>,
+    schedules: impl IntoIterator<Item = (&'a ProjectName, &'a ScheduleRecord)>,
+) -> Cluster {
+    let mut cluster = Cluster::from_records(nodes.iter());
+    cluster.other_load = node_load(
+        schedules
+            .into_iter()
+            .filter(|(q, _)| *q != project)
+            .map(|(_, s)| s),
+    );
+    cluster
+}
+
 enum PlaceError {
     Fenced(anyhow::Error),
     Store(anyhow::Error),
@@ -159,12 +178,10 @@ async fn place_all(
                 (None, s) => s.map(|s| (*s).clone()),
             }
         };
-        let cluster_all = Cluster::from_records(nodes.iter());
         for (p, dp) in &d.projects {
             let Ok(project) = &dp.spec else { continue };
             let prev = previous(p);
-            let mut cluster = cluster_all.clone();
-            cluster.other_load = node_load(seen.iter().filter(|(q, _)| **q != p).map(|(_, s)| *s));
+            let cluster = cluster_for(p, nodes, seen.iter().map(|(q, s)| (*q, *s)));
             let placed = schedule(project, &cluster, prev.as_ref());
             let lines: Vec<String> = placed
                 .pending
