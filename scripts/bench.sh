@@ -12,14 +12,19 @@
 #     both sides run the same runtime; cgroupfs and file events when systemd is
 #     not PID 1; and default_ulimits that a probe container accepts (see
 #     configure_podman), since podman's defaults (1048576) fail where the
-#     hard limits are lower.
+#     hard limits are lower;
+#   * podman-compose from PyPI in a venv of its own under the deps dir
+#     (<deps>/podman-compose), the baseline of the agent bench
+#     (agent/benches/agent.rs), which finds it through CNTNR_PODMAN_COMPOSE.
 #
 # Idempotent. Arguments replace `--workspace` in the cargo call, e.g.
 # `scripts/bench.sh -p cntnr-reconcile --bench runtime`.
 #
 # Environment:
 #   CNTNR_DEPS_DIR     as for install-deps.sh (default: <repo>/.deps)
-#   CNTNR_BENCH_ITERS  iterations per figure of the runtime bench (default 10)
+#   CNTNR_BENCH_ITERS  iterations per figure (runtime bench: default 10;
+#                      agent bench: default 20)
+#   CNTNR_BENCH_IDLE_SECS  the agent bench's idle window (default 60)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -109,11 +114,28 @@ configure_podman() {
   log "podman: CONTAINERS_CONF=$CONTAINERS_CONF (runc; nofile $nofile, nproc $nproc)"
 }
 
+# podman-compose (PyPI) in a project-local venv; its path goes to the agent
+# bench as CNTNR_PODMAN_COMPOSE.
+install_podman_compose() {
+  local venv="$DEPS/podman-compose" python=python3
+  [[ -x /usr/bin/python3 ]] && python=/usr/bin/python3
+  if [[ ! -x $venv/bin/podman-compose ]]; then
+    log "podman-compose: installing into $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check podman-compose
+  fi
+  CNTNR_PODMAN_COMPOSE=$venv/bin/podman-compose
+  export CNTNR_PODMAN_COMPOSE
+  log "podman-compose: $("$CNTNR_PODMAN_COMPOSE" --version 2>/dev/null | paste -sd " " -)"
+}
+
 main() {
   [[ $(id -u) -eq 0 ]] || die "run as root (runc, overlayfs, Debian packages)"
   "$ROOT/scripts/install-deps.sh"
   install_bench_packages
   configure_podman
+  install_podman_compose
   PATH="$DEPS/bin:$PATH"
   export PATH
   cd "$ROOT"
