@@ -19,7 +19,8 @@
 //!
 //! The chains and jumps are shared by all networks and stay (like portmap's
 //! `CNI-HOSTPORT-*` chains); the per-network rules (isolation, acceptance,
-//! masquerade) go with the bridge.
+//! masquerade) go with the bridge. [`remove_shared_chains_if_unused`] takes
+//! the shared ones away once nothing uses them (tests, uninstall).
 
 use crate::ipnet::Ipv4Net;
 use crate::HookError;
@@ -115,6 +116,7 @@ fn delete_rule(table: &str, chain: &str, rule: &[String]) -> Result<(), String> 
     for _ in 0..8 {
         if let Err(e) = iptables(&del) {
             if e.contains("does a matching rule exist")
+                || e.contains("does not exist")
                 || e.contains("No chain")
                 || e.contains("Bad rule")
             {
@@ -184,6 +186,104 @@ pub fn remove_network_rules(bridge: &str, masquerade: Option<Ipv4Net>) -> Result
         delete_rule("nat", "POSTROUTING", &masquerade_rule(bridge, subnet)).map_err(fail)?;
     }
     Ok(())
+}
+
+/// Rules of `chain` in `table` (`iptables -S` lines other than the chain's
+/// own `-N`), or `None` when the chain does not exist.
+fn chain_rules(table: &str, chain: &str) -> Option<Vec<String>> {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", table, "-S", chain])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("-N "))
+            .map(str::to_string)
+            .collect()
+    })
+}
+
+/// portmap's shared nat chains and the jumps to them (its own names).
+const HOSTPORT_JUMPS: &[(&str, &[&str])] = &[
+    (
+        "PREROUTING",
+        &[
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "CNI-HOSTPORT-DNAT",
+        ],
+    ),
+    (
+        "OUTPUT",
+        &[
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "CNI-HOSTPORT-DNAT",
+        ],
+    ),
+    (
+        "POSTROUTING",
+        &[
+            "-m",
+            "comment",
+            "--comment",
+            "CNI portfwd requiring masquerade",
+            "-j",
+            "CNI-HOSTPORT-MASQ",
+        ],
+    ),
+];
+
+/// Removes the shared chains (ours, and portmap's `CNI-HOSTPORT-*`) and the
+/// jumps to them when no network uses them any more: no per-network rule in
+/// `CNTNR-ISOLATION`/`CNTNR-FORWARD`, no port mapping in
+/// `CNI-HOSTPORT-DNAT`. For leaving a host as it was (tests, uninstall);
+/// the hook itself keeps them between networks, like docker. Idempotent.
+/// Returns whether anything was removed.
+pub fn remove_shared_chains_if_unused() -> Result<bool, HookError> {
+    let fail = |e: String| HookError::Command(format!("removing shared chains: {e}"));
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut removed = false;
+    let ours =
+        [ISOLATION_CHAIN, ISOLATION_CHAIN_2, FORWARD_CHAIN].map(|c| chain_rules("filter", c));
+    let ours_unused = ours[0].as_ref().is_none_or(|r| r.is_empty())
+        && ours[2].as_ref().is_none_or(|r| r.is_empty());
+    if ours_unused && ours.iter().any(Option::is_some) {
+        for chain in [ISOLATION_CHAIN, FORWARD_CHAIN] {
+            delete_rule("filter", "FORWARD", &s(&["-j", chain])).map_err(fail)?;
+        }
+        for chain in [ISOLATION_CHAIN, ISOLATION_CHAIN_2, FORWARD_CHAIN] {
+            if chain_rules("filter", chain).is_some() {
+                iptables(&["-F", chain]).map_err(fail)?;
+                iptables(&["-X", chain]).map_err(fail)?;
+                removed = true;
+            }
+        }
+    }
+    if chain_rules("nat", "CNI-HOSTPORT-DNAT").is_some_and(|r| r.is_empty()) {
+        for (chain, rule) in HOSTPORT_JUMPS {
+            delete_rule("nat", chain, &s(rule)).map_err(fail)?;
+        }
+        for chain in [
+            "CNI-HOSTPORT-MASQ",
+            "CNI-HOSTPORT-SETMARK",
+            "CNI-HOSTPORT-DNAT",
+        ] {
+            if chain_rules("nat", chain).is_some() {
+                iptables(&["-t", "nat", "-F", chain]).map_err(fail)?;
+                iptables(&["-t", "nat", "-X", chain]).map_err(fail)?;
+                removed = true;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether a bridge still has ports (veths of containers) attached.

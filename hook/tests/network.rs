@@ -9,6 +9,7 @@ mod support;
 
 use cntnr_hook::{HostPortRange, PortProtocol, PortRequest};
 use std::io::{Read, Write};
+use std::process::Command;
 use support::*;
 
 fn published(port: u16) -> PortRequest {
@@ -650,6 +651,8 @@ fn a_stale_ipam_entry_of_the_same_id_after_a_reboot_does_not_block_create() {
 
 #[test]
 fn without_root_the_hook_refuses_and_says_rootless_uses_the_host_network() {
+    // Every World's drop prunes shared host chains: serialize it too.
+    let _g = serial();
     let w = World::new("rootless", 24);
     let mut req = w.request(vec![], vec![]);
     req.state_dir = "/nonexistent".into();
@@ -680,5 +683,41 @@ fn without_root_the_hook_refuses_and_says_rootless_uses_the_host_network() {
     assert!(
         err.contains("needs root: rootless agents run containers on the host network"),
         "{err}"
+    );
+}
+
+/// The shared chains (ours and portmap's) are removed once no network uses
+/// them, so a test run leaves no iptables rule behind; while a network's
+/// rules exist, they stay.
+#[test]
+fn shared_chains_go_once_no_network_uses_them() {
+    let _serial = serial();
+    let chain_exists = |table: &str, chain: &str| {
+        Command::new("iptables")
+            .args(["-w", "-t", table, "-S", chain])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let br = "cn-prunetest0";
+    cntnr_hook::firewall::ensure_network_rules(br, None).unwrap();
+    assert!(chain_exists("filter", "CNTNR-ISOLATION"));
+    assert!(
+        !cntnr_hook::firewall::remove_shared_chains_if_unused().unwrap(),
+        "in use: nothing removed"
+    );
+    assert!(chain_exists("filter", "CNTNR-ISOLATION"));
+    cntnr_hook::firewall::remove_network_rules(br, None).unwrap();
+    cntnr_hook::firewall::remove_shared_chains_if_unused().unwrap();
+    let save = Command::new("iptables-save").output().unwrap();
+    let save = String::from_utf8_lossy(&save.stdout);
+    assert!(
+        !save.contains("CNTNR-") && !save.contains("CNI-HOSTPORT"),
+        "left: {save}"
+    );
+    assert!(
+        !cntnr_hook::firewall::remove_shared_chains_if_unused().unwrap(),
+        "idempotent"
     );
 }

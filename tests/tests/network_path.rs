@@ -271,6 +271,8 @@ impl Drop for World {
         for pin in entries(&self.run_dir().join("netns")) {
             let _ = cntnr_hook::netns::unpin(&pin);
         }
+        // Leave the host as it was: the shared chains go once unused.
+        let _ = cntnr_hook::firewall::remove_shared_chains_if_unused();
     }
 }
 

@@ -322,6 +322,8 @@ impl Drop for World {
                 let _ = cntnr_hook::netns::unpin(&e.path());
             }
         }
+        // Leave the host as it was: the shared chains go once unused.
+        let _ = cntnr_hook::firewall::remove_shared_chains_if_unused();
     }
 }
 
