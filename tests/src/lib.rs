@@ -32,6 +32,7 @@
 //! kernel closes the pipe, the supervisor reads EOF, stops the server and
 //! removes its temporary directory.
 
+pub mod host;
 pub mod servers;
 
 pub use servers::{dep_bin, shared_consul, shared_etcd, workspace_root, Consul, Etcd, TlsFiles};
