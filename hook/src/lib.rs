@@ -54,6 +54,7 @@
 
 pub mod alloc;
 pub mod check;
+pub mod cli;
 pub mod cni;
 pub mod conflist;
 pub mod create;

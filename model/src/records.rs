@@ -6,6 +6,7 @@
 //! seconds (UTC).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +126,44 @@ pub struct ContainerStatus {
     /// The project revision it was created from.
     #[serde(default)]
     pub generation: u64,
+    /// Its addresses on its project networks (bridge networking, as the
+    /// network hook reported them), the one on its first network first;
+    /// empty with `host`/`none` networking or when it is not running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
+    /// The host ports published for it (bridge networking).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortBinding>,
+}
+
+/// A published port of a running container, as set up on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// The host address it is bound to; `None`: every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+    /// The host port.
+    pub host_port: u16,
+    /// The port inside the container.
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+impl std::fmt::Display for PortBinding {
+    /// `127.0.0.1:8080->80/tcp`, or `8080->80/tcp` on every address.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(
+            f,
+            "{}->{}/{}",
+            self.host_port, self.container_port, self.protocol
+        )
+    }
 }
 
 /// `status/<project>/<node>`: each agent's view of its containers of a
@@ -268,6 +307,13 @@ mod tests {
                 config_hash: hash(),
                 started_at: Some(1_700_000_050),
                 generation: 3,
+                ips: vec!["10.90.0.2".parse().unwrap()],
+                ports: vec![PortBinding {
+                    host_ip: Some("127.0.0.1".parse().unwrap()),
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                }],
             }],
             errors: vec!["image pull failed".into()],
             warnings: vec![],
@@ -276,6 +322,21 @@ mod tests {
         assert_eq!(j["containers"][0]["id"], "shop-web-1");
         assert_eq!(j["containers"][0]["state"], "running");
         assert_eq!(j["containers"][0]["health"], "healthy");
+        assert_eq!(j["containers"][0]["ips"][0], "10.90.0.2");
+        assert_eq!(j["containers"][0]["ports"][0]["host_port"], 8080);
+        assert_eq!(
+            st.containers[0].ports[0].to_string(),
+            "127.0.0.1:8080->80/tcp"
+        );
+        // A record written before these fields existed still parses.
+        let mut old = j.clone();
+        old["containers"][0].as_object_mut().unwrap().remove("ips");
+        old["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("ports");
+        let old: StatusRecord = serde_json::from_value(old).unwrap();
+        assert!(old.containers[0].ips.is_empty() && old.containers[0].ports.is_empty());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `cntnr ps [PROJECT]`: every container on every node, as the agents
-//! report it in `status/<project>/<node>`, plus project-level errors.
+//! report it in `status/<project>/<node>`, plus project-level errors. IPs
+//! and published ports (`127.0.0.1:8080->80/tcp`) are those of bridge
+//! containers; `--json` prints the records as stored.
 
 use anyhow::Result;
 use clap::Args;
@@ -56,6 +58,15 @@ fn state_name(s: ContainerState) -> String {
         .unwrap_or_default()
 }
 
+/// `a,b` (IPs, published ports).
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Runs `ps`.
 pub async fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
     let project = args
@@ -85,6 +96,8 @@ pub async fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
         "EXIT",
         "CONFIG",
         "UP",
+        "IP",
+        "PORTS",
         "ERROR",
     ]);
     for s in statuses {
@@ -101,6 +114,8 @@ pub async fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
                     "".into(),
                     "".into(),
                     "".into(),
+                    "".into(),
+                    "".into(),
                     e,
                 ]);
                 continue;
@@ -112,6 +127,8 @@ pub async fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
                 s.node.clone(),
                 "-".into(),
                 "error".into(),
+                "".into(),
+                "".into(),
                 "".into(),
                 "".into(),
                 "".into(),
@@ -135,6 +152,8 @@ pub async fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
                 c.exit_code.map(|x| x.to_string()).unwrap_or_default(),
                 hash.chars().take(15).collect(),
                 c.started_at.map(super::age).unwrap_or_default(),
+                join(&c.ips),
+                join(&c.ports),
                 c.last_error.clone().unwrap_or_default(),
             ]);
         }

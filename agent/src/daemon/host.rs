@@ -21,6 +21,8 @@ pub struct Host {
     pub images: ImageStore,
     /// How bundles are built (state dir, node, policy, rootless).
     pub bundles: BundleConfig,
+    /// Bridge networking through `cntnr-hook` (off rootless).
+    pub net: super::network::Net,
 }
 
 impl Host {
@@ -50,10 +52,12 @@ impl Host {
         cfg.shim = shim_binary(state_dir)?;
         let runc = Runc::new(cfg)
             .with_context(|| format!("preparing the runc root {}", runtime_root.display()))?;
+        let net = super::network::Net::new(state_dir, !crate::store::rootless())?;
         Ok(Host {
             runc,
             images,
             bundles,
+            net,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod election;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod reconciler;
 pub mod scheduler;

@@ -420,6 +420,8 @@ impl Engine {
             }
         };
         let generation = dp.as_ref().map_or(0, |p| p.version);
+        let net_spec = dp.as_ref().and_then(|p| p.spec.as_ref().ok());
+        self.host.net.sync(project, net_spec, &mine).await;
         let mut outcome = Outcome::default();
         if let Some((d, spec)) = &desired {
             let steps = {
@@ -434,6 +436,7 @@ impl Engine {
         }
         if dp.is_none() && mine.is_empty() {
             // Gone from the store, and nothing left here.
+            self.host.net.release_project(project).await;
             lock(&self.last_status).remove(project);
             lock(&self.states).remove(project);
             self.publish_states();
@@ -441,7 +444,9 @@ impl Engine {
             return Ok(None);
         }
         let desired_ref = desired.as_ref().map(|(d, _)| d);
-        let record = self.status_record(&mine, desired_ref, &outcome, generation, errors, warnings);
+        let mut record =
+            self.status_record(&mine, desired_ref, &outcome, generation, errors, warnings);
+        self.host.net.annotate(project, &mut record);
         self.count_states(project, &record);
         let changed_status = {
             let mut last = lock(&self.last_status);
@@ -710,8 +715,17 @@ impl Engine {
             } => {
                 let svc = service_spec(spec, service)?;
                 let image = self.ensure_image(svc).await?;
-                self.build_and_create(project, service, svc, *replica, config_hash, &image, id)
-                    .await?;
+                self.build_and_create(
+                    project,
+                    spec,
+                    service,
+                    svc,
+                    *replica,
+                    config_hash,
+                    &image,
+                    id,
+                )
+                .await?;
                 self.reset_memo(id, generation);
                 failpoint("after-create");
             }
@@ -746,8 +760,17 @@ impl Engine {
                 let image = self.ensure_image(svc).await?;
                 runc.stop(id, *signal, *grace).await?;
                 runc.delete(id, true).await?;
-                self.build_and_create(project, service, svc, *replica, config_hash, &image, id)
-                    .await?;
+                self.build_and_create(
+                    project,
+                    spec,
+                    service,
+                    svc,
+                    *replica,
+                    config_hash,
+                    &image,
+                    id,
+                )
+                .await?;
                 self.reset_memo(id, generation);
                 failpoint("after-create");
                 runc.start(id).await?;
@@ -774,6 +797,7 @@ impl Engine {
     async fn build_and_create(
         &self,
         project: &ProjectName,
+        spec: Option<&Project>,
         service: &ServiceName,
         svc: &ServiceSpec,
         replica: u32,
@@ -781,12 +805,13 @@ impl Engine {
         image: &ImageRecord,
         id: &ContainerId,
     ) -> Result<()> {
-        let req = ContainerRequest::from_service(project, service, svc, replica);
+        let mut req = ContainerRequest::from_service(project, service, svc, replica);
         if req.config_hash != config_hash.as_str() {
             // The plan and the spec disagree: the spec changed between
             // reading and planning; the next pass sorts it out.
             anyhow::bail!("{id}: the spec changed while planning; retrying");
         }
+        self.host.net.wire(project, spec, service, svc, &mut req)?;
         let cfg = self.host.bundles.clone();
         let images = self.host.images.clone();
         let image = image.clone();
@@ -796,8 +821,11 @@ impl Engine {
         if let Err(e) = self.host.runc.create(id, &built.path).await {
             let _ = self.host.runc.delete(id, true).await;
             let _ = self.remove_bundle(id).await;
-            return Err(e.into());
+            return Err(super::network::explain_create_error(id.as_str(), e.into()));
         }
+        let net = &self.host.net;
+        net.joined(project, spec, service, replica, id.as_str(), &built.path)
+            .await;
         Ok(())
     }
 
@@ -919,6 +947,8 @@ impl Engine {
                 generation: memo
                     .generation
                     .unwrap_or(if up_to_date { generation } else { 0 }),
+                ips: Vec::new(),
+                ports: Vec::new(),
             });
         }
         if let Some(d) = desired {
@@ -951,6 +981,8 @@ impl Engine {
                     config_hash: r.config_hash.clone(),
                     started_at: None,
                     generation,
+                    ips: Vec::new(),
+                    ports: Vec::new(),
                 });
             }
         }
