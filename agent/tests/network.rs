@@ -570,3 +570,98 @@ networks:
 
     remove_and_check_clean(&s, &a, &[&busy_p, &ext_p, &good_p], &before);
 }
+
+/// An agent started from a copy of its binary alone in a directory.
+struct LoneAgent {
+    child: std::process::Child,
+    state: tempfile::TempDir,
+}
+
+impl LoneAgent {
+    fn runtime_root(&self) -> std::path::PathBuf {
+        self.state.path().join("runc")
+    }
+}
+
+impl Drop for LoneAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        common::cleanup_runtime(&self.runtime_root(), self.state.path());
+    }
+}
+
+#[test]
+fn an_agent_without_a_cntnr_hook_beside_it_is_its_own_hook() {
+    let _serial = serial();
+    let before = snapshot();
+    let s = TestStore::new(Kind::Dir, "lone");
+    let state = tempfile::tempdir().unwrap();
+    let bin = state.path().join("bin-copy");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("cntnr-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_cntnr-agent"), &exe).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
+    let child = Command::new(&exe)
+        .args(["--store", &s.url, "--prefix", &s.prefix, "--node", "n1"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--runtime-root")
+        .arg(state.path().join("runc"))
+        .args(["--listen", &listen])
+        .env_remove("CNTNR_STORE")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let a = LoneAgent { child, state };
+    let image = common::test_image_ref();
+    let port = free_port();
+    let p = name("lone");
+    let id = format!("{p}-web-1");
+    deploy(
+        &s,
+        &p,
+        &format!(
+            r#"
+services:
+  web:
+    image: "{image}"
+    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+    ports: ["127.0.0.1:{port}:80"]
+    dns: ["127.0.0.1"]
+    stop_grace_period: 1s
+"#
+        ),
+    );
+    wait_up(&s, &p, &[&id]);
+    // runc ran the agent's own executable as the hook.
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(a.state.path().join("bundles").join(&id).join("config.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["hooks"]["createRuntime"][0]["path"],
+        exe.to_str().unwrap()
+    );
+    assert_eq!(config["hooks"]["createRuntime"][0]["args"][0], "cntnr-hook");
+    assert!(http_from_host(port).contains(INDEX));
+
+    remove(&s, &p);
+    common::wait_for(WAIT, "the container and its network gone", || {
+        (common::runc_list(&a.runtime_root()).is_empty()
+            && status(&s, &p, "n1").is_none()
+            && !a
+                .state
+                .path()
+                .join(format!("net/conf/cntnr.{p}.default.conflist"))
+                .exists())
+        .then_some(())
+    });
+    let l = leaks(&before, &snapshot());
+    assert!(l.is_empty(), "leaked: {l:#?}");
+}

@@ -325,6 +325,29 @@ impl Net {
     }
 }
 
+/// The published ports of a status entry as registration takes them
+/// ([`crate::registration::RunningReplica::published`]); with
+/// `ContainerStatus::ips.first()` as its `container_ip`, a bridge service
+/// without a published port registers its container IP.
+pub fn published_ports(
+    c: &cntnr_model::records::ContainerStatus,
+) -> Vec<crate::registration::PublishedPort> {
+    c.ports
+        .iter()
+        .filter_map(|p| {
+            Some(crate::registration::PublishedPort {
+                container_port: p.container_port,
+                host_port: p.host_port,
+                protocol: match p.protocol.as_str() {
+                    "tcp" => cntnr_model::Protocol::Tcp,
+                    "udp" => cntnr_model::Protocol::Udp,
+                    _ => return None,
+                },
+            })
+        })
+        .collect()
+}
+
 /// A `runc create` failure as one readable line: when the network hook
 /// failed, `network hook failed (<how>): <its message>` instead of runc's
 /// nested wrapping (`… error running hook #0: error running hook: exit
