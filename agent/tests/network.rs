@@ -50,6 +50,31 @@ fn serial() -> Serial {
 
 impl Drop for Serial {
     fn drop(&mut self) {
+        // Safety net for a failed test (the test's agents, dropped before
+        // this, deleted their containers, whose DELs remove all this): the
+        // bridge, rules and IPAM dir of every network of this test binary's
+        // projects (`n<pid>…`) still there.
+        let mine = format!("cntnr.n{}", std::process::id());
+        if let Ok(rd) = std::fs::read_dir("/var/lib/cni/networks") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(&mine) {
+                    continue;
+                }
+                let br = cntnr_hook::conflist::bridge_name(&name);
+                let subnet = std::fs::read_dir(e.path()).ok().and_then(|rd| {
+                    rd.flatten().find_map(|f| {
+                        let ip: std::net::Ipv4Addr =
+                            f.file_name().to_string_lossy().parse().ok()?;
+                        let [a, b, c, _] = ip.octets();
+                        format!("{a}.{b}.{c}.0/24").parse().ok()
+                    })
+                });
+                let _ = Command::new("ip").args(["link", "del", &br]).output();
+                let _ = cntnr_hook::firewall::remove_network_rules(&br, subnet);
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let _ = cntnr_hook::firewall::remove_shared_chains_if_unused();
     }
 }
