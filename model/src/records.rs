@@ -322,21 +322,6 @@ mod tests {
         assert_eq!(j["containers"][0]["id"], "shop-web-1");
         assert_eq!(j["containers"][0]["state"], "running");
         assert_eq!(j["containers"][0]["health"], "healthy");
-        assert_eq!(j["containers"][0]["ips"][0], "10.90.0.2");
-        assert_eq!(j["containers"][0]["ports"][0]["host_port"], 8080);
-        assert_eq!(
-            st.containers[0].ports[0].to_string(),
-            "127.0.0.1:8080->80/tcp"
-        );
-        // A record written before these fields existed still parses.
-        let mut old = j.clone();
-        old["containers"][0].as_object_mut().unwrap().remove("ips");
-        old["containers"][0]
-            .as_object_mut()
-            .unwrap()
-            .remove("ports");
-        let old: StatusRecord = serde_json::from_value(old).unwrap();
-        assert!(old.containers[0].ips.is_empty() && old.containers[0].ports.is_empty());
     }
 
     #[test]
@@ -372,5 +357,33 @@ mod tests {
         // unknown fields are tolerated (forward compatibility)
         let extra = json!({"node": "n1", "updated": 1, "future": true});
         assert!(serde_json::from_value::<StatusRecord>(extra).is_ok());
+    }
+
+    #[test]
+    fn container_ips_and_ports_are_optional_fields() {
+        let rec = |extra: &str| {
+            format!(
+                r#"{{"node":"n1","updated":1,"containers":[{{"id":"shop-web-1","service":"web","replica":1,"state":"running","config_hash":"{}"{extra}}}]}}"#,
+                hash()
+            )
+        };
+        let with: StatusRecord = serde_json::from_str(&rec(
+            r#","ips":["10.90.0.2"],"ports":[{"host_ip":"127.0.0.1","host_port":8080,"container_port":80,"protocol":"tcp"},{"host_port":5353,"container_port":53,"protocol":"udp"}]"#,
+        ))
+        .unwrap();
+        let c = &with.containers[0];
+        assert_eq!(c.ips, ["10.90.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.ports[0].to_string(), "127.0.0.1:8080->80/tcp");
+        assert_eq!(c.ports[1].to_string(), "5353->53/udp");
+        let j = round_trip(&with);
+        assert_eq!(j["containers"][0]["ips"][0], "10.90.0.2");
+        assert!(j["containers"][0]["ports"][1].get("host_ip").is_none());
+        // A record without them (an older agent, host networking) parses,
+        // and they are not written when empty.
+        let without: StatusRecord = serde_json::from_str(&rec("")).unwrap();
+        assert!(without.containers[0].ips.is_empty() && without.containers[0].ports.is_empty());
+        let j = round_trip(&without);
+        assert!(j["containers"][0].get("ips").is_none());
+        assert!(j["containers"][0].get("ports").is_none());
     }
 }
