@@ -65,6 +65,17 @@ struct Inner {
     /// Per project: its bridge containers on this node, by container id.
     /// Also serializes hosts-file rewrites.
     members: Mutex<BTreeMap<String, BTreeMap<String, Member>>>,
+    /// Per project: what its spec says about networks, as of the start of
+    /// its current pass ([`Net::sync`]); the pass's creates use it.
+    known: Mutex<BTreeMap<String, Arc<Known>>>,
+}
+
+/// The network-relevant part of a project's spec.
+#[derive(Debug, Default)]
+struct Known {
+    names: ProjectNames,
+    /// Networks declared `external: true`.
+    external: BTreeSet<String>,
 }
 
 /// One bridge container of a project, as the hosts files need it.
@@ -129,6 +140,7 @@ impl Net {
                     ..HookOptions::default()
                 },
                 members: Mutex::new(BTreeMap::new()),
+                known: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -150,7 +162,6 @@ impl Net {
     pub fn wire(
         &self,
         project: &ProjectName,
-        spec: Option<&Project>,
         service: &ServiceName,
         svc: &ServiceSpec,
         req: &mut ContainerRequest,
@@ -158,14 +169,12 @@ impl Net {
         if !self.inner.enabled || svc.network_mode != ModelNetwork::Bridge {
             return Ok(());
         }
+        let known = lock(&self.inner.known).get(project.as_str()).cloned();
         let (project, service) = (project.as_str(), service.as_str());
         let mut attachments = Vec::with_capacity(svc.networks.len());
         for net in svc.networks.keys() {
             let at = || format!("project {project:?}, service {service:?}, network {net:?}");
-            if spec
-                .and_then(|p| p.networks.get(net))
-                .is_some_and(|n| n.external)
-            {
+            if known.as_ref().is_some_and(|k| k.external.contains(net)) {
                 bail!(
                     "{}: external networks are not supported (cntnr creates every project network itself)",
                     at()
@@ -192,11 +201,13 @@ impl Net {
         Ok(())
     }
 
-    /// Start of a pass over `project`: takes its containers on this node
-    /// (`mine`, from the runtime) as the truth, rewrites the hosts files
-    /// that changed, and releases the project's networks that nothing uses
-    /// any more. `spec` is `None` when the project is gone from the store
-    /// (or does not parse): then only the bookkeeping is updated.
+    /// Start of a pass over `project`: remembers what `spec` says about
+    /// networks for the pass's creates ([`Net::wire`], [`Net::joined`]),
+    /// takes its containers on this node (`mine`, from the runtime) as the
+    /// truth, rewrites the hosts files that changed, and releases the
+    /// project's networks that nothing uses any more. `spec` is `None` when
+    /// the project is gone from the store (or does not parse): then only
+    /// the bookkeeping is updated.
     pub async fn sync(
         &self,
         project: &ProjectName,
@@ -219,6 +230,26 @@ impl Net {
             })
             .collect();
         let names = spec.map(project_names);
+        {
+            let mut known = lock(&self.inner.known);
+            match spec {
+                Some(p) => {
+                    let k = Known {
+                        names: names.clone().unwrap_or_default(),
+                        external: p
+                            .networks
+                            .iter()
+                            .filter(|(_, n)| n.external)
+                            .map(|(k, _)| k.clone())
+                            .collect(),
+                    };
+                    known.insert(project.as_str().to_string(), Arc::new(k));
+                }
+                None => {
+                    known.remove(project.as_str());
+                }
+            }
+        }
         let in_use: Option<BTreeSet<String>> = spec.map(|p| {
             p.services
                 .values()
@@ -243,16 +274,17 @@ impl Net {
     pub async fn joined(
         &self,
         project: &ProjectName,
-        spec: Option<&Project>,
         service: &ServiceName,
         replica: u32,
         id: &str,
         bundle: &Path,
     ) {
-        let Some(spec) = spec.filter(|_| self.inner.enabled) else {
+        if !self.inner.enabled {
+            return;
+        }
+        let Some(known) = lock(&self.inner.known).get(project.as_str()).cloned() else {
             return;
         };
-        let names = project_names(spec);
         let inner = self.inner.clone();
         let member = (
             service.as_str().to_string(),
@@ -261,7 +293,8 @@ impl Net {
             bundle.to_path_buf(),
         );
         let project = project.clone();
-        let r = tokio::task::spawn_blocking(move || inner.joined(&project, &names, member)).await;
+        let r =
+            tokio::task::spawn_blocking(move || inner.joined(&project, &known.names, member)).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "network update task failed");
         }
@@ -277,6 +310,7 @@ impl Net {
         let project = project.clone();
         let r = tokio::task::spawn_blocking(move || {
             lock(&inner.members).remove(project.as_str());
+            lock(&inner.known).remove(project.as_str());
             inner.release_unused(&project, &BTreeSet::new(), &BTreeSet::new());
         })
         .await;

@@ -715,17 +715,8 @@ impl Engine {
             } => {
                 let svc = service_spec(spec, service)?;
                 let image = self.ensure_image(svc).await?;
-                self.build_and_create(
-                    project,
-                    spec,
-                    service,
-                    svc,
-                    *replica,
-                    config_hash,
-                    &image,
-                    id,
-                )
-                .await?;
+                self.build_and_create(project, service, svc, *replica, config_hash, &image, id)
+                    .await?;
                 self.reset_memo(id, generation);
                 failpoint("after-create");
             }
@@ -760,17 +751,8 @@ impl Engine {
                 let image = self.ensure_image(svc).await?;
                 runc.stop(id, *signal, *grace).await?;
                 runc.delete(id, true).await?;
-                self.build_and_create(
-                    project,
-                    spec,
-                    service,
-                    svc,
-                    *replica,
-                    config_hash,
-                    &image,
-                    id,
-                )
-                .await?;
+                self.build_and_create(project, service, svc, *replica, config_hash, &image, id)
+                    .await?;
                 self.reset_memo(id, generation);
                 failpoint("after-create");
                 runc.start(id).await?;
@@ -797,7 +779,6 @@ impl Engine {
     async fn build_and_create(
         &self,
         project: &ProjectName,
-        spec: Option<&Project>,
         service: &ServiceName,
         svc: &ServiceSpec,
         replica: u32,
@@ -811,7 +792,7 @@ impl Engine {
             // reading and planning; the next pass sorts it out.
             anyhow::bail!("{id}: the spec changed while planning; retrying");
         }
-        self.host.net.wire(project, spec, service, svc, &mut req)?;
+        self.host.net.wire(project, service, svc, &mut req)?;
         let cfg = self.host.bundles.clone();
         let images = self.host.images.clone();
         let image = image.clone();
@@ -824,7 +805,7 @@ impl Engine {
             return Err(super::network::explain_create_error(id.as_str(), e.into()));
         }
         let net = &self.host.net;
-        net.joined(project, spec, service, replica, id.as_str(), &built.path)
+        net.joined(project, service, replica, id.as_str(), &built.path)
             .await;
         Ok(())
     }
