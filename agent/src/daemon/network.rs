@@ -359,6 +359,34 @@ impl Net {
     }
 }
 
+/// Where a container is reached, from the hook's result in its `bundle`:
+/// its IP on its first network and the host ports published for it, as
+/// registration takes them ([`crate::registration::RunningReplica`]'s
+/// `container_ip` and `published`; a bridge service without a published
+/// port registers that IP) and as direct health probes need them (the
+/// address to probe). `(None, [])` for a `host`/`none` container, a
+/// stopped one, or a rootless agent's.
+pub fn container_addresses(
+    bundle: &Path,
+) -> (Option<IpAddr>, Vec<crate::registration::PublishedPort>) {
+    let Ok(Some(r)) = NetResult::read(&bundle.join(RESULT_FILE)) else {
+        return (None, Vec::new());
+    };
+    let published = r
+        .ports
+        .iter()
+        .map(|p| crate::registration::PublishedPort {
+            container_port: p.container_port,
+            host_port: p.host_port,
+            protocol: match p.protocol {
+                cntnr_hook::PortProtocol::Tcp => cntnr_model::Protocol::Tcp,
+                cntnr_hook::PortProtocol::Udp => cntnr_model::Protocol::Udp,
+            },
+        })
+        .collect();
+    (r.primary_ip(), published)
+}
+
 /// The published ports of a status entry as registration takes them
 /// ([`crate::registration::RunningReplica::published`]); with
 /// `ContainerStatus::ips.first()` as its `container_ip`, a bridge service
@@ -636,6 +664,34 @@ mod tests {
                 ports: vec![],
             },
         }
+    }
+
+    #[test]
+    fn addresses_come_from_the_hooks_result_in_the_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(container_addresses(d.path()), (None, vec![]));
+        let mut m = member("web", 1, &[("default", "10.90.0.7")]);
+        m.result.ports.push(cntnr_hook::request::PortMapping4Cni {
+            host_port: 18081,
+            container_port: 8080,
+            protocol: cntnr_hook::PortProtocol::Tcp,
+            host_ip: "127.0.0.1".into(),
+        });
+        std::fs::write(
+            d.path().join(RESULT_FILE),
+            serde_json::to_vec(&m.result).unwrap(),
+        )
+        .unwrap();
+        let (ip, published) = container_addresses(d.path());
+        assert_eq!(ip, Some("10.90.0.7".parse().unwrap()));
+        assert_eq!(
+            published,
+            [crate::registration::PublishedPort {
+                container_port: 8080,
+                host_port: 18081,
+                protocol: cntnr_model::Protocol::Tcp,
+            }]
+        );
     }
 
     #[test]
