@@ -280,6 +280,9 @@ services:
     command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
     ports: ["127.0.0.1:{port}:80"]
     dns: ["127.0.0.1"]
+    dns_search: [corp.test]
+    hostname: frontend
+    extra_hosts: ["gw.test:192.0.2.1"]
     stop_grace_period: 1s
   db:
     image: "{image}"
@@ -364,7 +367,15 @@ fn services_reach_each_other_by_name(kind: Kind, tag: &str) {
         hosts.contains(&format!("{db_ip}\tdb postgres db-1 {db}\n")),
         "{hosts}"
     );
-    assert!(hosts.contains(&format!("{web_ip}\t{web}\n")), "{hosts}");
+    // hostname, extra_hosts, dns and dns_search are honoured.
+    assert!(hosts.contains(&format!("{web_ip}\tfrontend\n")), "{hosts}");
+    assert!(hosts.contains("192.0.2.1\tgw.test\n"), "{hosts}");
+    assert_eq!(exec(&a, &web, "hostname").1, "frontend\n");
+    let (_, resolv) = exec(&a, &web, "cat /etc/resolv.conf");
+    assert!(
+        resolv.contains("nameserver 127.0.0.1") && resolv.contains("search corp.test"),
+        "{resolv}"
+    );
 
     // The published port answers on the host.
     let page = http_from_host(port);
