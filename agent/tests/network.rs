@@ -701,3 +701,55 @@ services:
     let l = leaks(&before, &snapshot());
     assert!(l.is_empty(), "leaked: {l:#?}");
 }
+
+#[test]
+fn a_network_no_service_uses_any_more_is_released_while_the_project_lives() {
+    let _serial = serial();
+    let before = snapshot();
+    let s = TestStore::new(Kind::Dir, "move");
+    let a = s.agent("n1");
+    let image = common::test_image_ref();
+    let p = name("move");
+    let id = format!("{p}-app-1");
+    let on = |net: &str| {
+        format!(
+            r#"
+services:
+  app:
+    image: "{image}"
+    command: ["sleep", "3600"]
+    dns: ["127.0.0.1"]
+    stop_signal: SIGKILL
+    networks: [{net}]
+networks:
+  {net}: {{}}
+"#
+        )
+    };
+    deploy(&s, &p, &on("front"));
+    let rec = wait_up(&s, &p, &[&id]);
+    let front = format!("cntnr.{p}.front");
+    let front_bridge = cntnr_hook::conflist::bridge_name(&front);
+    assert!(network_state(&a, &p).contains(&format!("subnet {front}")));
+    assert!(snapshot().links.contains(&front_bridge));
+    let old_ip = ip_of(&rec, &id);
+
+    // The service moves to another network: its container is recreated
+    // there, and the old network goes entirely (bridge with the old
+    // container's DEL, subnet and config list with the agent's next pass).
+    deploy(&s, &p, &on("back"));
+    common::wait_for(WAIT, "app on the new network, the old one released", || {
+        let rec = status(&s, &p, "n1")?;
+        let c = container(&rec, &id)?;
+        let moved = c["state"] == "running" && c["ips"][0].as_str().is_some_and(|ip| ip != old_ip);
+        let state = network_state(&a, &p);
+        (moved
+            && !state.iter().any(|l| l.contains(&front))
+            && state.contains(&format!("subnet cntnr.{p}.back")))
+        .then_some(())
+    });
+    assert!(!snapshot().links.contains(&front_bridge));
+    assert!(!Path::new("/var/lib/cni/networks").join(&front).exists());
+
+    remove_and_check_clean(&s, &a, &[&p], &before);
+}
