@@ -594,6 +594,18 @@ networks:
     let rec = wait_up(&s, &good_p, &[&format!("{good_p}-web-1")]);
     assert_eq!(rec["errors"], serde_json::json!([]), "{rec}");
     assert!(http_from_host(good_port).contains(INDEX));
+    // Another container already holds a port: the newcomer fails, the
+    // holder keeps it.
+    let dup_p = name("dup");
+    deploy(&s, &dup_p, &web(good_port));
+    let line = error_of(&dup_p, "already published");
+    assert!(
+        line.contains(&format!(
+            "port 127.0.0.1:{good_port}/tcp is already published by container {good_p}-web-1"
+        )),
+        "{line}"
+    );
+    assert!(http_from_host(good_port).contains(INDEX));
     // The failed ones hold nothing: no container, no port claim, no pin.
     assert!(
         a.runc_list()
@@ -604,7 +616,7 @@ networks:
     );
     drop(holder);
 
-    remove_and_check_clean(&s, &a, &[&busy_p, &ext_p, &good_p], &before);
+    remove_and_check_clean(&s, &a, &[&busy_p, &ext_p, &good_p, &dup_p], &before);
 }
 
 /// An agent started from a copy of its binary alone in a directory.
