@@ -68,6 +68,9 @@ struct Inner {
     /// Per project: what its spec says about networks, as of the start of
     /// its current pass ([`Net::sync`]); the pass's creates use it.
     known: Mutex<BTreeMap<String, Arc<Known>>>,
+    /// Per project: containers of bridge services that carry no network
+    /// request (created before the agent wired bridge networking).
+    unwired: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 /// The network-relevant part of a project's spec.
@@ -141,6 +144,7 @@ impl Net {
                 },
                 members: Mutex::new(BTreeMap::new()),
                 known: Mutex::new(BTreeMap::new()),
+                unwired: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -229,6 +233,25 @@ impl Net {
                 })
             })
             .collect();
+        let unwired: Vec<String> = mine
+            .iter()
+            .filter(|c| matches!(c.status, Status::Created | Status::Running | Status::Paused))
+            .filter(|c| !c.annotations.contains_key(cntnr_hook::REQUEST_ANNOTATION))
+            .filter(|c| {
+                let svc = c.annotations.get(annotations::SERVICE);
+                spec.and_then(|p| p.service(svc?.as_str()))
+                    .is_some_and(|s| s.network_mode == ModelNetwork::Bridge)
+            })
+            .map(|c| c.id.to_string())
+            .collect();
+        {
+            let mut all = lock(&self.inner.unwired);
+            if unwired.is_empty() {
+                all.remove(project.as_str());
+            } else {
+                all.insert(project.as_str().to_string(), unwired);
+            }
+        }
         let names = spec.map(project_names);
         {
             let mut known = lock(&self.inner.known);
@@ -311,6 +334,7 @@ impl Net {
         let r = tokio::task::spawn_blocking(move || {
             lock(&inner.members).remove(project.as_str());
             lock(&inner.known).remove(project.as_str());
+            lock(&inner.unwired).remove(project.as_str());
             inner.release_unused(&project, &BTreeSet::new(), &BTreeSet::new());
         })
         .await;
@@ -321,10 +345,20 @@ impl Net {
 
     /// Fills each container's IPs and published ports in `record` from
     /// what the hook reported for it (only for created, running or paused
-    /// containers: a stopped one has given its address back).
+    /// containers: a stopped one has given its address back), and warns
+    /// about bridge containers created without networking (by an agent
+    /// that did not wire it yet: same config hash, so never recreated on
+    /// its own).
     pub fn annotate(&self, project: &ProjectName, record: &mut StatusRecord) {
         if !self.inner.enabled {
             return;
+        }
+        if let Some(ids) = lock(&self.inner.unwired).get(project.as_str()) {
+            for id in ids {
+                record.warnings.push(format!(
+                    "{id}: created without bridge networking (by an older agent), it has loopback only until it is recreated: change the service, or delete the container and the agent creates it again"
+                ));
+            }
         }
         let members = lock(&self.inner.members);
         let Some(mine) = members.get(project.as_str()) else {
@@ -692,6 +726,62 @@ mod tests {
                 protocol: cntnr_model::Protocol::Tcp,
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn bridge_containers_created_without_networking_are_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let net = Net::new(d.path(), true).unwrap();
+        let p = ProjectName::new("p").unwrap();
+        let spec = cntnr_model::load_stored(
+            &p,
+            "projects/p",
+            "services:\n  web:\n    image: x\n  solo:\n    image: x\n    network_mode: none\n",
+        )
+        .unwrap();
+        let container = |service: &str, wired: bool| {
+            let mut annotations: BTreeMap<String, String> = [
+                (annotations::SERVICE.to_string(), service.to_string()),
+                (annotations::REPLICA.to_string(), "1".to_string()),
+            ]
+            .into();
+            if wired {
+                annotations.insert(cntnr_hook::REQUEST_ANNOTATION.into(), "{}".into());
+            }
+            ContainerState {
+                id: cntnr_reconcile::runtime::ContainerId::new(format!("p-{service}-1")).unwrap(),
+                pid: 1,
+                status: Status::Running,
+                bundle: d.path().join(service),
+                annotations,
+            }
+        };
+        let record = || StatusRecord {
+            node: cntnr_model::NodeName::new("n1").unwrap(),
+            generation: 1,
+            updated: 1,
+            containers: vec![],
+            errors: vec![],
+            warnings: vec![],
+        };
+        net.sync(
+            &p,
+            Some(&spec),
+            &[container("web", false), container("solo", false)],
+        )
+        .await;
+        let mut r = record();
+        net.annotate(&p, &mut r);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("p-web-1: created without bridge networking"),
+            "{:?}",
+            r.warnings
+        );
+        net.sync(&p, Some(&spec), &[container("web", true)]).await;
+        let mut r = record();
+        net.annotate(&p, &mut r);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
 
     #[test]
