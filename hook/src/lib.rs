@@ -26,7 +26,8 @@
 //! [`hosts::hosts_mount`] and make `/etc/hosts` a symlink into it. For
 //! `host` and `none`: no hooks, no request.
 //!
-//! The agent, per project network, before creating containers:
+//! The agent (`cntnr-agent`'s `daemon::network`), per project network,
+//! before creating containers:
 //! [`conflist::ensure_network`] (subnet + config list, idempotent); per
 //! container: a [`NetRequest`] with the service's networks in order (the
 //! first gets `eth0` and the published ports, [`PortRequest::from_model`]);
