@@ -130,13 +130,17 @@ pub struct ServicePlan {
     /// this service's containers are created or recreated.
     pub depends_on: BTreeMap<ServiceName, DependencyCondition>,
     /// Whether this service's containers report health (a `healthcheck`, or
-    /// a `cntnr.check.*` probe). Health hook: a freshly (re)created
-    /// container of a checked service counts as [`Health::Starting`] for
-    /// `service_healthy` dependents; otherwise the observed
-    /// [`Observed::health`] decides, where [`Health::None`] (no result, or
-    /// no health checking yet) counts as healthy, i.e. `service_healthy` is
-    /// treated as `service_started`.
+    /// a `cntnr.check.*` probe). A freshly (re)created container of a
+    /// checked service counts as [`Health::Starting`] for `service_healthy`
+    /// dependents; otherwise the observed [`Observed::health`] decides
+    /// (the agent's health checker), where [`Health::None`] (a service
+    /// without checks) counts as healthy.
     pub health_checked: bool,
+    /// Whether an unhealthy container is stopped so that its restart policy
+    /// brings it back (`cntnr.health.on-failure: restart`, the default);
+    /// `false` only reports it (`none`). Only acts when the policy restarts
+    /// at all.
+    pub restart_unhealthy: bool,
     /// Time between the stop signal and SIGKILL.
     pub stop_grace: Duration,
 }
@@ -158,6 +162,8 @@ impl ServicePlan {
                 .map(|(s, d)| (s.clone(), d.condition))
                 .collect(),
             health_checked,
+            restart_unhealthy: spec.agent.health_on_failure
+                == cntnr_model::annotations::HealthOnFailure::Restart,
             stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
         }
     }
@@ -413,7 +419,9 @@ pub enum Action {
         id: ContainerId,
     },
     /// Send `signal`, wait up to `grace`, then SIGKILL. A
-    /// [`Action::Remove`] follows.
+    /// [`Action::Remove`] follows, except for an unhealthy container whose
+    /// restart policy brings it back (see [`ServicePlan::restart_unhealthy`]):
+    /// the next plan restarts it.
     Stop {
         /// Container.
         id: ContainerId,
@@ -692,6 +700,19 @@ fn replica_actions(
     match (same, o.state.status) {
         // A config change, or a create an agent crash left half-done.
         (false, _) | (_, Status::Creating) => build(Some(o)),
+        // Unhealthy, and its policy restarts it: stop it (the agent counts
+        // the exit as a failure); the next plan restarts it with backoff.
+        (true, Status::Running)
+            if o.health == Health::Unhealthy
+                && svc.is_some_and(|s| s.restart_unhealthy && s.restart.on != RestartOn::Never) =>
+        {
+            let stop = Action::Stop {
+                id: d.id.clone(),
+                signal: o.stop_signal(),
+                grace: svc.map_or(DEFAULT_STOP_GRACE, |s| s.stop_grace),
+            };
+            (vec![stop], Outlook::NotYet)
+        }
         (true, Status::Running) => (vec![nothing(Idle::UpToDate)], current_outlook(o)),
         (true, Status::Paused) => (vec![nothing(Idle::Paused)], current_outlook(o)),
         // Left between create and start (an agent crash): finish the job.
