@@ -419,13 +419,24 @@ pub enum Action {
         id: ContainerId,
     },
     /// Send `signal`, wait up to `grace`, then SIGKILL. A
-    /// [`Action::Remove`] follows, except for an unhealthy container whose
-    /// restart policy brings it back (see [`ServicePlan::restart_unhealthy`]):
-    /// the next plan restarts it.
+    /// [`Action::Remove`] follows.
     Stop {
         /// Container.
         id: ContainerId,
         /// Its stop signal (`cntnr.stop-signal` annotation, else SIGTERM).
+        signal: Signal,
+        /// Grace before SIGKILL.
+        grace: Duration,
+    },
+    /// An unhealthy container whose restart policy brings it back (see
+    /// [`ServicePlan::restart_unhealthy`]): send `signal`, wait up to
+    /// `grace`, then SIGKILL, and keep the container, so that the next plan
+    /// restarts it through the policy and its backoff. The agent records
+    /// the exit as a failure whatever its code.
+    Kill {
+        /// Container.
+        id: ContainerId,
+        /// Its stop signal.
         signal: Signal,
         /// Grace before SIGKILL.
         grace: Duration,
@@ -485,6 +496,7 @@ impl Action {
             Action::Create { id, .. }
             | Action::Start { id }
             | Action::Stop { id, .. }
+            | Action::Kill { id, .. }
             | Action::Remove { id }
             | Action::Recreate { id, .. }
             | Action::Restart { id, .. }
@@ -503,6 +515,7 @@ impl Action {
             Action::Create { .. } => "create",
             Action::Start { .. } => "start",
             Action::Stop { .. } => "stop",
+            Action::Kill { .. } => "kill",
             Action::Remove { .. } => "remove",
             Action::Recreate { .. } => "recreate",
             Action::Restart { .. } => "restart",
@@ -700,13 +713,13 @@ fn replica_actions(
     match (same, o.state.status) {
         // A config change, or a create an agent crash left half-done.
         (false, _) | (_, Status::Creating) => build(Some(o)),
-        // Unhealthy, and its policy restarts it: stop it (the agent counts
+        // Unhealthy, and its policy restarts it: kill it (the agent counts
         // the exit as a failure); the next plan restarts it with backoff.
         (true, Status::Running)
             if o.health == Health::Unhealthy
                 && svc.is_some_and(|s| s.restart_unhealthy && s.restart.on != RestartOn::Never) =>
         {
-            let stop = Action::Stop {
+            let stop = Action::Kill {
                 id: d.id.clone(),
                 signal: o.stop_signal(),
                 grace: svc.map_or(DEFAULT_STOP_GRACE, |s| s.stop_grace),

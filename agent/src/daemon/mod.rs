@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod reconciler;
+pub mod registrar;
 pub mod scheduler;
 pub mod signals;
 pub mod status;
@@ -306,6 +307,26 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The IP registered services are reached at: `--address` if it is one,
+/// else what it resolves to (first IPv4), else loopback.
+fn node_ip(address: &str) -> std::net::IpAddr {
+    if let Ok(ip) = address.parse() {
+        return ip;
+    }
+    use std::net::ToSocketAddrs;
+    let resolved = (address, 0u16).to_socket_addrs().ok().and_then(|mut a| {
+        let all: Vec<_> = a.by_ref().collect();
+        all.iter()
+            .find(|s| s.is_ipv4())
+            .or(all.first())
+            .map(|s| s.ip())
+    });
+    resolved.unwrap_or_else(|| {
+        tracing::warn!(%address, "--address is not an IP and does not resolve; registering services at 127.0.0.1");
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -420,6 +441,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         &policy,
         &args.insecure_registries,
     )?;
+    let health = registrar::Supervisor::start(
+        host.runc.clone(),
+        node.clone(),
+        node_ip(&address),
+        crate::registration::RegistrationTimings {
+            check_ttl: args.session_ttl,
+            ..Default::default()
+        },
+        &state_dir,
+    );
     let engine = Arc::new(reconciler::Engine::new(
         host,
         shared.clone(),
@@ -428,6 +459,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             parallel: usize::from(args.parallel),
             backoff: cntnr_reconcile::plan::Backoff::default(),
         },
+        health.clone(),
     ));
     let node_record = cntnr_model::records::NodeRecord {
         labels,
@@ -478,6 +510,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     .await;
 
+    health.shutdown();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     http_cancel.cancel();
     let _ = http_task.await;
@@ -578,6 +611,16 @@ impl Epoch {
                 self.store.clone(),
                 shared.clone(),
                 trigger_tx.clone(),
+                cancel.clone(),
+            ),
+        ));
+        tasks.spawn(named(
+            "registrar",
+            registrar::run(
+                self.store.clone(),
+                session.clone(),
+                self.engine.health().clone(),
+                shared.clone(),
                 cancel.clone(),
             ),
         ));

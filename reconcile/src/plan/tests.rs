@@ -189,6 +189,11 @@ fn apply(
                 assert_eq!(o.state.status, Status::Created, "start of {id}");
                 o.state.status = Status::Running;
             }
+            Action::Kill { id, .. } => {
+                let o = &mut obs[pos.unwrap_or_else(|| panic!("kill of missing {id}"))];
+                o.state.status = Status::Stopped;
+                o.exit_code = None;
+            }
             Action::Stop { id, .. } => {
                 let o = &mut obs[pos.unwrap_or_else(|| panic!("stop of missing {id}"))];
                 o.state.status = Status::Stopped;
@@ -872,8 +877,8 @@ fn remote_dependency_state_is_a_hook() {
 #[test]
 fn an_unhealthy_container_is_stopped_only_when_its_policy_restarts_it() {
     let table = [
-        ("restart: always", "  web: {image: web, restart: always, healthcheck: {test: [CMD, ok]}}\n", "stop shop-web-1"),
-        ("on-failure", "  web: {image: web, restart: on-failure, healthcheck: {test: [CMD, ok]}}\n", "stop shop-web-1"),
+        ("restart: always", "  web: {image: web, restart: always, healthcheck: {test: [CMD, ok]}}\n", "kill shop-web-1"),
+        ("on-failure", "  web: {image: web, restart: on-failure, healthcheck: {test: [CMD, ok]}}\n", "kill shop-web-1"),
         ("restart: no", "  web: {image: web, healthcheck: {test: [CMD, ok]}}\n", "nothing shop-web-1: up to date"),
         (
             "cntnr.health.on-failure: none",
