@@ -451,6 +451,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
         &state_dir,
     );
+    health.preload().await;
     let engine = Arc::new(reconciler::Engine::new(
         host,
         shared.clone(),
@@ -559,7 +560,21 @@ impl Epoch {
         tracing::info!(session = %session.id(), backend = self.store.backend(), "session created");
 
         let cancel = shutdown.child_token();
-        // The node record first: once the agent reports ready, it is listed.
+        let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+        // The registry writer first: entries of running containers are
+        // refreshed (or re-created under this session) at once, even while
+        // the node record waits (e.g. for Consul's lock-delay).
+        tasks.spawn(named(
+            "registrar",
+            registrar::run(
+                self.store.clone(),
+                session.clone(),
+                self.engine.health().clone(),
+                shared.clone(),
+                cancel.clone(),
+            ),
+        ));
+        // The node record next: once the agent reports ready, it is listed.
         if let Err(e) = node::register(
             self.store.clone(),
             session.clone(),
@@ -569,10 +584,11 @@ impl Epoch {
         )
         .await
         {
+            cancel.cancel();
+            while tasks.join_next().await.is_some() {}
             shared.set_session(None);
             return Outcome::Restart(format!("registering the node: {e:#}"));
         }
-        let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let (holder_tx, holder_rx) = watch::channel(None);
         tasks.spawn(named(
@@ -611,16 +627,6 @@ impl Epoch {
                 self.store.clone(),
                 shared.clone(),
                 trigger_tx.clone(),
-                cancel.clone(),
-            ),
-        ));
-        tasks.spawn(named(
-            "registrar",
-            registrar::run(
-                self.store.clone(),
-                session.clone(),
-                self.engine.health().clone(),
-                shared.clone(),
                 cancel.clone(),
             ),
         ));

@@ -69,6 +69,9 @@ struct Tracked {
     /// `cntnr.drain`.
     drain: Duration,
     checker: Option<Checker>,
+    /// Followed from the hints file only, with this last known health,
+    /// until the reconciler adopts it.
+    provisional: Option<Health>,
     /// Its registry entry while it should be registered.
     entry: Option<Registration>,
     /// It exited: critical until it runs again.
@@ -77,7 +80,16 @@ struct Tracked {
 
 impl Tracked {
     fn report(&self) -> Option<HealthReport> {
-        self.checker.as_ref().map(Checker::current)
+        match (&self.checker, self.provisional) {
+            (Some(c), _) => Some(c.current()),
+            (None, Some(h)) if h != Health::None => Some(HealthReport {
+                status: h,
+                failing_streak: 0,
+                output: String::new(),
+                probes: 0,
+            }),
+            _ => None,
+        }
     }
 
     fn health(&self) -> Health {
@@ -85,10 +97,21 @@ impl Tracked {
     }
 }
 
-/// The health hints kept across agent restarts: last status per container
-/// (`<state-dir>/health.json`). Only a hint: a container is always
-/// re-probed; it only decides where its state machine resumes.
-type Hints = BTreeMap<String, Health>;
+/// What is kept across agent restarts per running container
+/// (`<state-dir>/health.json`): its last health and registry entry. Only a
+/// hint: a container that no longer runs is ignored, and one that does is
+/// re-probed; the hint decides where its state machine resumes, and keeps
+/// its entry refreshed from the moment the agent has a session until the
+/// reconciler adopts it (so an agent restart is no critical flap).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Hint {
+    project: String,
+    health: Health,
+    #[serde(default)]
+    entry: Option<Registration>,
+}
+
+type Hints = BTreeMap<String, Hint>;
 
 /// Checkers and desired registry entries (see the module docs).
 #[derive(Debug)]
@@ -187,7 +210,7 @@ impl Supervisor {
             failing_streak = ev.report.failing_streak,
             "health changed"
         );
-        self.set_hint(&ev.container, Some(ev.report.status));
+        self.set_hint(&ev.container, true);
         self.bump();
         if let Some(tx) = lock(&self.triggers).as_ref() {
             let _ = tx.send(project);
@@ -198,10 +221,26 @@ impl Supervisor {
         self.rev.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    fn set_hint(&self, id: &ContainerId, h: Option<Health>) {
+    /// Records the hint of a followed container (or drops it).
+    fn set_hint(&self, id: &ContainerId, keep: bool) {
+        let hint = if keep {
+            lock(&self.tracked).get(id).map(|t| Hint {
+                project: t.project.to_string(),
+                health: t.health(),
+                entry: t.entry.clone(),
+            })
+        } else {
+            None
+        };
         let mut hints = lock(&self.hints);
-        let changed = match h {
-            Some(h) => hints.insert(id.to_string(), h) != Some(h),
+        let changed = match hint {
+            Some(h) => {
+                let same = hints
+                    .get(id.as_str())
+                    .is_some_and(|o| o.health == h.health && o.entry == h.entry);
+                hints.insert(id.to_string(), h);
+                !same
+            }
             None => hints.remove(id.as_str()).is_some(),
         };
         if !changed {
@@ -305,10 +344,12 @@ impl Supervisor {
                 return;
             }
         };
-        self.set_hint(id, None);
         if let Some(t) = self.track(project, spec, &state, CheckerStart::FRESH) {
             lock(&self.tracked).insert(id.clone(), t);
+            self.set_hint(id, true);
             self.bump();
+        } else {
+            self.set_hint(id, false);
         }
     }
 
@@ -334,6 +375,7 @@ impl Supervisor {
             host_network,
             drain: svc.agent.drain,
             checker,
+            provisional: None,
             entry: self.replica_entry(project, spec, c),
             dead: false,
         })
@@ -352,7 +394,7 @@ impl Supervisor {
             t.dead = false;
         }
         drop(tracked);
-        self.set_hint(id, None);
+        self.set_hint(id, false);
         self.bump();
     }
 
@@ -365,7 +407,7 @@ impl Supervisor {
             t.dead = true;
         }
         drop(tracked);
-        self.set_hint(id, None);
+        self.set_hint(id, false);
         self.bump();
     }
 
@@ -384,7 +426,7 @@ impl Supervisor {
                 None => (None, Duration::ZERO),
             }
         };
-        self.set_hint(id, None);
+        self.set_hint(id, false);
         let Some(instance) = registered else {
             return;
         };
@@ -408,7 +450,7 @@ impl Supervisor {
         if lock(&self.tracked).remove(id).is_some() {
             self.bump();
         }
-        self.set_hint(id, None);
+        self.set_hint(id, false);
     }
 
     /// Brings the supervisor in line with the runtime for one project, at
@@ -426,6 +468,7 @@ impl Supervisor {
         started: impl Fn(&ContainerId) -> Option<SystemTime>,
     ) {
         let mut changed = false;
+        let mut adopted = Vec::new();
         let mut tracked = lock(&self.tracked);
         let present: BTreeSet<&ContainerId> = mine.iter().map(|c| &c.id).collect();
         let gone: Vec<ContainerId> = tracked
@@ -439,7 +482,7 @@ impl Supervisor {
         }
         for c in mine {
             let running = matches!(c.status, Status::Running | Status::Paused);
-            if let Some(t) = tracked.get_mut(&c.id) {
+            if let Some(t) = tracked.get_mut(&c.id).filter(|t| t.provisional.is_none()) {
                 if !running && !t.dead && c.status == Status::Stopped {
                     t.checker = None;
                     t.dead = true;
@@ -460,8 +503,7 @@ impl Supervisor {
             }
             let resume = lock(&self.hints)
                 .get(c.id.as_str())
-                .copied()
-                .unwrap_or(Health::Starting);
+                .map_or(Health::Starting, |h| h.health);
             let age = started(&c.id)
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .unwrap_or_default();
@@ -470,12 +512,70 @@ impl Supervisor {
             };
             tracing::info!(container = %c.id, resume = ?resume, "adopted for health checks and registration");
             tracked.insert(c.id.clone(), t);
+            adopted.push(c.id.clone());
             changed = true;
         }
         drop(tracked);
+        for id in adopted {
+            self.set_hint(&id, true);
+        }
         if changed {
             self.bump();
         }
+    }
+
+    /// At agent start, before any session: follows, provisionally, every
+    /// running container the hints file has an entry for, with its last
+    /// health, so the first session's registry writer refreshes (Consul) or
+    /// re-creates (etcd, dir) its entry at once; the reconciler's adoption
+    /// replaces it with a checked one.
+    pub async fn preload(&self) {
+        let running: BTreeSet<ContainerId> = match self.runc.list().await {
+            Ok(list) => list
+                .into_iter()
+                .filter(|c| matches!(c.status, Status::Running | Status::Paused))
+                .map(|c| c.id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing containers to resume registrations");
+                return;
+            }
+        };
+        let hints = lock(&self.hints).clone();
+        let mut tracked = lock(&self.tracked);
+        for (id, h) in hints {
+            let Ok(id) = ContainerId::new(id.as_str()) else {
+                continue;
+            };
+            let (Some(entry), true) = (h.entry, running.contains(&id)) else {
+                continue;
+            };
+            let (Ok(project), Some(Ok(service))) = (
+                ProjectName::new(h.project.as_str()),
+                entry
+                    .meta
+                    .get(crate::registration::meta::SERVICE)
+                    .map(|s| ServiceName::new(s.as_str())),
+            ) else {
+                continue;
+            };
+            tracked.insert(
+                id,
+                Tracked {
+                    project,
+                    service,
+                    config: None,
+                    host_network: false,
+                    drain: Duration::ZERO,
+                    checker: None,
+                    entry: Some(entry),
+                    dead: false,
+                    provisional: Some(h.health),
+                },
+            );
+        }
+        drop(tracked);
+        self.bump();
     }
 
     fn replica_entry(

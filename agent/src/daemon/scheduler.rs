@@ -81,7 +81,11 @@ pub async fn run(
             }
         }
         changes.borrow_and_update();
-        if !shared.is_synced() {
+        // This agent registered its node before campaigning: until the
+        // watch shows it, the node list is not loaded yet, and placing on
+        // it would unschedule every replica (seen on a restart, when a
+        // desired-state change arrives before the nodes listing).
+        if !shared.is_synced() || !nodes.contains_key(&shared.node) {
             continue;
         }
         last_pass = Some(tokio::time::Instant::now());
