@@ -416,3 +416,218 @@ async fn frozen_leader_deadline_passes_before_takeover_etcd() {
 async fn frozen_leader_deadline_passes_before_takeover_consul() {
     frozen_leader_deadline_passes_before_takeover(Backend::Consul).await;
 }
+
+const ENGINE_COMPOSE: &str = r#"
+services:
+  web:
+    image: busybox
+    deploy:
+      replicas: 2
+    annotations:
+      cntnr.env.DB: kv:db/url
+      cntnr.env.PRIMARY: leader:db
+  sig:
+    image: busybox
+    annotations:
+      cntnr.env.DB: kv:db/url
+      cntnr.env-on-change: signal:SIGUSR1
+  db:
+    image: busybox
+    deploy:
+      replicas: 2
+    annotations:
+      cntnr.election: "true"
+      cntnr.env-on-change: signal:SIGUSR2
+"#;
+
+fn local(dir: &Path, service: &str, replica: u32, healthy: bool) -> envsync::engine::LocalReplica {
+    let id = format!("shop-{service}-{replica}");
+    let bundle = dir.join(&id);
+    std::fs::create_dir_all(bundle.join("run")).unwrap();
+    envsync::engine::LocalReplica {
+        instance: format!("n1/{id}"),
+        id,
+        service: ServiceName::new(service).unwrap(),
+        replica,
+        running: true,
+        healthy,
+        bundle,
+        address: format!("10.9.3.{replica}"),
+    }
+}
+
+/// The reconciler's side of env sync, without runc: prepare (wait until
+/// set, then values), a change requeues the project, restart mode recreates
+/// one replica at a time, signal mode rewrites the file and asks for the
+/// signal, an elected service's replicas get one leader and a signal on
+/// each flip, and a stopped leader is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_prepares_plans_and_elects_etcd() {
+    use envsync::engine::{EnvStep, EnvSync, Prepared};
+    let e = env(Backend::Etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = cntnr_model::load_stored(&e.project, "compose", ENGINE_COMPOSE).unwrap();
+    let (sync, mut signals) = EnvSync::new(
+        e.store.clone(),
+        e.prefix.clone(),
+        SyncConfig::with_debounce(Duration::from_millis(300)),
+        ElectionTiming::new(e.ttl()),
+    );
+    let (tx, mut triggers) = tokio::sync::mpsc::unbounded_channel();
+    sync.set_triggers(Some(tx));
+    sync.sync_project(&e.project, Some(&spec));
+    wait_until("the sources", || sync.is_loaded(&e.project).then_some(())).await;
+    let web = &spec.services[&ServiceName::new("web").unwrap()];
+    let sig = &spec.services[&ServiceName::new("sig").unwrap()];
+    let db = &spec.services[&ServiceName::new("db").unwrap()];
+    assert_eq!(sync.prepare(&e.project, db), Prepared::Nothing);
+    match sync.prepare(&e.project, web) {
+        Prepared::Wait(line) => assert_eq!(
+            line,
+            "waiting: missing env source: DB (kv:db/url), PRIMARY (leader:db)"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // The db replicas elect one leader; it feeds web's PRIMARY.
+    let dbs = [
+        local(dir.path(), "db", 1, true),
+        local(dir.path(), "db", 2, true),
+    ];
+    sync.sync_elections(&e.project, Some(&spec), &dbs);
+    let leader = wait_until("a db leader", || {
+        let l: Vec<usize> = (0..2)
+            .filter(|i| sync.leader_state(&dbs[*i].id).is_some_and(|s| s.leader))
+            .collect();
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(leader.len(), 1);
+    let first = leader[0];
+    let s = signals.recv().await.unwrap();
+    assert_eq!(s.container, dbs[first].id);
+    assert_eq!((s.signal.as_str(), s.why), ("SIGUSR2", "leader"));
+
+    e.store
+        .put(&e.config_key("db/url"), b"postgres://s3cret-one")
+        .await
+        .unwrap();
+    // The change requeues the project.
+    tokio::time::timeout(Duration::from_secs(30), triggers.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (vars, file) = wait_until("web's values", || match sync.prepare(&e.project, web) {
+        Prepared::Ready { vars, file } => Some((vars, file)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(vars["DB"], "postgres://s3cret-one");
+    assert_eq!(vars["PRIMARY"], format!("10.9.3.{}", first + 1));
+    assert!(!format!("{:?}", sync.prepare(&e.project, web)).contains("s3cret"));
+
+    // Containers created with those values.
+    let webs = [
+        local(dir.path(), "web", 1, true),
+        local(dir.path(), "web", 2, true),
+    ];
+    for w in &webs {
+        EnvSync::write_env_file(&w.bundle, &file).unwrap();
+    }
+    let sigc = local(dir.path(), "sig", 1, true);
+    let Prepared::Ready { file: sfile, .. } = sync.prepare(&e.project, sig) else {
+        panic!("sig ready");
+    };
+    EnvSync::write_env_file(&sigc.bundle, &sfile).unwrap();
+    let all: Vec<_> = webs.iter().chain([&sigc]).cloned().collect();
+    assert!(
+        sync.plan_env(&e.project, &spec, &all).is_empty(),
+        "up to date"
+    );
+
+    // A change: web (restart mode) recreates replica 1 only; sig (signal
+    // mode) gets its file rewritten and a signal.
+    e.store
+        .put(&e.config_key("db/url"), b"postgres://s3cret-two")
+        .await
+        .unwrap();
+    wait_until("the new value", || match sync.prepare(&e.project, web) {
+        Prepared::Ready { vars, .. } if vars["DB"] == "postgres://s3cret-two" => Some(()),
+        _ => None,
+    })
+    .await;
+    let steps = sync.plan_env(&e.project, &spec, &all);
+    assert_eq!(
+        steps,
+        vec![
+            EnvStep::Signal(envsync::engine::SignalRequest {
+                container: "shop-sig-1".into(),
+                signal: "SIGUSR1".into(),
+                why: "env",
+            }),
+            EnvStep::Recreate("shop-web-1".into()),
+        ]
+    );
+    let sig_file =
+        std::fs::read_to_string(cntnr_reconcile::bundle::env_path(&sigc.bundle)).unwrap();
+    assert_eq!(sig_file, "DB=postgres://s3cret-two\n");
+    // While replica 1 is being recreated (absent) or not yet healthy,
+    // replica 2 waits.
+    let mut during = all.clone();
+    during[0].running = false;
+    during[0].healthy = false;
+    assert!(sync.plan_env(&e.project, &spec, &during).is_empty());
+    let Prepared::Ready { file, .. } = sync.prepare(&e.project, web) else {
+        panic!("web ready");
+    };
+    EnvSync::write_env_file(&webs[0].bundle, &file).unwrap();
+    during[0].running = true;
+    assert!(
+        sync.plan_env(&e.project, &spec, &during).is_empty(),
+        "not healthy yet"
+    );
+    during[0].healthy = true;
+    assert_eq!(
+        sync.plan_env(&e.project, &spec, &during),
+        vec![EnvStep::Recreate("shop-web-2".into())]
+    );
+
+    // The leader's container stops: the other replica takes over with a
+    // greater token; both get a signal for their flip.
+    let old = sync.leader_state(&dbs[first].id).unwrap();
+    let mut stopped = dbs.clone();
+    stopped[first].running = false;
+    sync.sync_elections(&e.project, Some(&spec), &stopped);
+    let other = 1 - first;
+    let new = wait_until("the takeover", || {
+        sync.leader_state(&dbs[other].id).filter(|s| s.leader)
+    })
+    .await;
+    assert!(new.token > old.token, "{old:?} → {new:?}");
+    let mut flipped = Vec::new();
+    while flipped.len() < 2 {
+        let s = tokio::time::timeout(Duration::from_secs(30), signals.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        flipped.push(s.container);
+    }
+    flipped.sort();
+    assert_eq!(
+        flipped,
+        vec!["shop-db-1".to_string(), "shop-db-2".to_string()]
+    );
+    wait_until("web's new PRIMARY", || {
+        match sync.prepare(&e.project, web) {
+            Prepared::Ready { vars, .. } if vars["PRIMARY"] == format!("10.9.3.{}", other + 1) => {
+                Some(())
+            }
+            _ => None,
+        }
+    })
+    .await;
+
+    sync.sync_elections(&e.project, Some(&spec), &[]);
+    sync.sync_project(&e.project, None);
+    sync.shutdown();
+}

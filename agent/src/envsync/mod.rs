@@ -15,6 +15,7 @@
 //! it is signalled, so comparing it with a fresh rendering says whether the
 //! container is stale — no database beside the runtime.
 
+pub mod engine;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
