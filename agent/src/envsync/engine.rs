@@ -423,3 +423,39 @@ impl EnvSync {
         }
     }
 }
+
+/// The [`LocalReplica`]s of a pass: every replica `desired` puts on this
+/// node, with what the runtime says of it (`mine`: the project's
+/// containers) and its health (`health`). A replica with a health check
+/// counts as healthy only once `Healthy`; one without, once running.
+pub fn local_replicas(
+    desired: &cntnr_reconcile::plan::Desired,
+    mine: &[cntnr_reconcile::runtime::ContainerState],
+    bundles: &cntnr_reconcile::bundle::BundleConfig,
+    node: &str,
+    address: &str,
+    health: impl Fn(&cntnr_reconcile::runtime::ContainerId) -> cntnr_model::records::Health,
+) -> Vec<LocalReplica> {
+    use cntnr_model::records::Health;
+    use cntnr_reconcile::runtime::Status;
+    desired
+        .replicas
+        .iter()
+        .map(|r| {
+            let running = mine
+                .iter()
+                .any(|c| c.id == r.id && c.status == Status::Running);
+            let healthy = running && matches!(health(&r.id), Health::None | Health::Healthy);
+            LocalReplica {
+                id: r.id.as_str().to_string(),
+                service: r.service.clone(),
+                replica: u32::from(r.replica),
+                running,
+                healthy,
+                bundle: bundles.bundle_path(&r.id),
+                instance: format!("{node}/{}", r.id),
+                address: address.to_string(),
+            }
+        })
+        .collect()
+}
