@@ -449,7 +449,7 @@ pub fn local_replicas(
             LocalReplica {
                 id: r.id.as_str().to_string(),
                 service: r.service.clone(),
-                replica: u32::from(r.replica),
+                replica: r.replica,
                 running,
                 healthy,
                 bundle: bundles.bundle_path(&r.id),
