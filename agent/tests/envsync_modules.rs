@@ -22,6 +22,7 @@ static N: AtomicU32 = AtomicU32::new(0);
 enum Backend {
     Etcd,
     Consul,
+    Dir,
 }
 
 struct Env {
@@ -31,6 +32,8 @@ struct Env {
     /// Unique per test (Consul's catalog is shared by every test).
     tag: String,
     backend: Backend,
+    /// The dir store's root.
+    _dir: Option<tempfile::TempDir>,
 }
 
 async fn env(backend: Backend) -> Env {
@@ -39,9 +42,11 @@ async fn env(backend: Backend) -> Env {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
+    let dir = matches!(backend, Backend::Dir).then(|| tempfile::tempdir().unwrap());
     let url = match backend {
         Backend::Etcd => shared_etcd().store_url(),
         Backend::Consul => shared_consul().store_url(),
+        Backend::Dir => format!("dir://{}", dir.as_ref().unwrap().path().display()),
     };
     let opts = ConnectOptions {
         registry_prefix: format!("{tag}/services"),
@@ -58,6 +63,7 @@ async fn env(backend: Backend) -> Env {
         project: ProjectName::new("shop").unwrap(),
         tag,
         backend,
+        _dir: dir,
     }
 }
 
@@ -68,7 +74,7 @@ impl Env {
 
     fn ttl(&self) -> Duration {
         match self.backend {
-            Backend::Etcd => Duration::from_secs(3),
+            Backend::Etcd | Backend::Dir => Duration::from_secs(3),
             Backend::Consul => Duration::from_secs(10),
         }
     }
@@ -249,6 +255,11 @@ async fn sources_follow_the_store_consul() {
     sources_follow_the_store(Backend::Consul).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_follow_the_store_dir() {
+    sources_follow_the_store(Backend::Dir).await;
+}
+
 fn read_state(p: &Path) -> Option<LeaderState> {
     parse_leader_file(&std::fs::read_to_string(p).ok()?)
 }
@@ -360,6 +371,11 @@ async fn exactly_one_leader_and_takeover_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_leader_and_takeover_consul() {
     exactly_one_leader_and_takeover(Backend::Consul).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_leader_and_takeover_dir() {
+    exactly_one_leader_and_takeover(Backend::Dir).await;
 }
 
 /// The leader's agent freezes (no renewals, no writes): its file's
