@@ -127,8 +127,10 @@ pub fn valid_until(session: &Session, margin: Duration) -> Option<u64> {
     Some(unix_ms(SystemTime::now() + (deadline - now)))
 }
 
-/// The campaign of one replica. Dropping it stops campaigning without the
-/// graceful resign (the session then lapses after its TTL).
+/// The campaign of one replica. Dropping it stops campaigning as
+/// [`ReplicaElection::resign`] does, in the background: the file says
+/// `false` at once and the lock is released after the last deadline written
+/// (or, if the process ends first, when the session lapses).
 pub struct ReplicaElection {
     rx: watch::Receiver<LeaderState>,
     cancel: CancellationToken,

@@ -411,9 +411,10 @@ impl EnvSync {
         lock(&self.elections).get(id).map(|e| e.election.state())
     }
 
-    /// Stops everything (agent shutdown): watches end; elections stop
-    /// without resigning, so leaders' sessions lapse and the deadlines in
-    /// their files pass first.
+    /// Stops everything (end of a session, agent shutdown): watches end;
+    /// elections are dropped, so leaders' files say `false` at once and
+    /// their locks go after the deadlines they wrote (or when their
+    /// sessions lapse, if the agent exits first).
     pub fn shutdown(&self) {
         for (_, e) in std::mem::take(&mut *lock(&self.projects)) {
             e.forwarder.abort();
