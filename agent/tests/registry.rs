@@ -346,12 +346,24 @@ fn consul_replicas_pass_break_fix_survive_agent_restarts_and_go_with_the_project
     }
 
     let mut a = agent(&s);
+    let startup = Watcher::start(&name);
     deploy(&s, "shop", &yaml);
 
     // 1. Three replicas passing, at the node's address and their ports.
     let mut want = all.clone();
     want.extend([1, 2]);
     wait_passing_ports(&name, &want, "3 replicas (and the foreign entries) passing");
+    // Each was critical until its first check passed: never seen passing
+    // before it had been seen critical.
+    let seen = startup.finish();
+    for port in &all {
+        let first = seen
+            .iter()
+            .flatten()
+            .find(|e| e.port == *port)
+            .map(|e| e.status.clone());
+        assert_eq!(first.as_deref(), Some("critical"), "port {port}: {seen:?}");
+    }
     let ours: Vec<Entry> = consul_entries(&name, false)
         .into_iter()
         .filter(|e| e.port > 2)

@@ -742,7 +742,9 @@ async fn write(
             _ => true,
         };
         if fresh {
-            if let Err(e) = store.register(session, &entry).await {
+            // Registered with its current health: a starting instance is
+            // never passing, not even for a moment.
+            if let Err(e) = store.register_with_status(session, &entry, health).await {
                 failed = true;
                 tracing::warn!(service = %entry.name, instance = %id, error = %e, "registering failed; will retry");
                 continue;
