@@ -444,6 +444,38 @@ fn no_duplicate_after_kill_right_after_start_consul() {
     killed_at(Kind::Consul, "after-start");
 }
 
+/// An agent killed right after `runc create`, and the container's shim
+/// killed too before the agent comes back: the container is `created`, but
+/// its stdio and its reaper are gone, so the restarted agent recreates it
+/// instead of starting it (the runc driver reports it half-created).
+#[test]
+fn created_container_whose_shim_died_is_recreated() {
+    let s = TestStore::new(Kind::Dir, "shimgone");
+    let mut a = s.agent_with("n1", &[], &[("CNTNR_FAILPOINT", "after-create")]);
+    deploy(&s, "fp", &project(1, "v1"));
+    let st = a.wait_exit(WAIT);
+    assert_eq!(st.code(), None, "killed by SIGKILL: {st:?}");
+    assert_eq!(
+        a.runc_list(),
+        [("fp-web-1".to_string(), "created".to_string())]
+    );
+    assert_eq!(common::kill_shims(a.state_dir()), 1);
+    a.restart(&[]);
+    wait_running(&a, &["fp-web-1", "fp-worker-1"]);
+    let log = a.log_text();
+    assert!(log.contains("action=recreate fp-web-1"), "{log}");
+    // The recreated container's output reaches its log again.
+    common::wait_for(WAIT, "web's log", || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cntnr"))
+            .arg("--state-dir")
+            .arg(a.state_dir())
+            .args(["logs", "fp", "web"])
+            .output()
+            .unwrap();
+        text(&out.stdout).contains("web v1").then_some(())
+    });
+}
+
 fn two_agents_spread_replicas(kind: Kind) {
     let s = TestStore::new(kind, "spread");
     let a = s.agent("n1");

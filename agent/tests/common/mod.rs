@@ -552,3 +552,23 @@ impl OwnedStore {
         }
     }
 }
+
+/// SIGKILLs every `cntnr-shim` with an argument under `state` (an agent's
+/// state dir) and waits until they are gone; returns how many there were.
+pub fn kill_shims(state: &Path) -> usize {
+    let shims: Vec<u32> = procs_mentioning(state)
+        .into_iter()
+        .filter(|(_, argv)| argv.first().is_some_and(|a| a.ends_with("cntnr-shim")))
+        .map(|(pid, _)| pid)
+        .collect();
+    for pid in &shims {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+    }
+    wait_for(Duration::from_secs(10), "killed shims gone", || {
+        shims
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .then_some(())
+    });
+    shims.len()
+}
