@@ -789,3 +789,93 @@ fn etcd_records_carry_health_and_vanish_with_the_lease() {
 fn dir_records_carry_health() {
     records_carry_health(Kind::Dir);
 }
+
+#[test]
+fn consul_orphans_of_this_node_go_a_dead_container_is_critical_and_drain_precedes_the_stop() {
+    let s = TestStore::new(Kind::Consul, "orph");
+    let name = format!("svc{}", s.prefix.replace('-', ""));
+    let node = node(&s);
+    let (p1, p2) = (free_port(), free_port());
+    // `once` has no check and no restart: killed, it stays dead. `slow`
+    // drains for 5 s before its stop signal.
+    let mut yaml = "services:\n".to_string();
+    yaml.push_str(&httpd_service("once", &name, p1, ""));
+    yaml.push_str(&httpd_service("slow", &name, p2, "      cntnr.drain: 5s\n"));
+    // An entry this node made for a container that no longer exists (as a
+    // crashed agent would leave it), and one of another node.
+    let foreign = Foreign(vec![
+        format!("{node}/op-gone-1"),
+        format!("{node}x/op-other-1"),
+    ]);
+    for (id, owner) in [
+        (&foreign.0[0], node.clone()),
+        (&foreign.0[1], format!("{node}x")),
+    ] {
+        consul_put(
+            "/v1/agent/service/register",
+            &format!(
+                r#"{{"ID":"{id}","Name":"{name}","Address":"127.0.0.2","Port":3,"Meta":{{"node":"{owner}","project":"op"}}}}"#
+            ),
+        );
+    }
+    let a = agent(&s);
+    deploy(&s, "op", &yaml);
+    wait_agent(
+        &a,
+        WAIT,
+        "both passing, the orphan gone, the other node's kept",
+        || {
+            let e = consul_entries(&name, false);
+            let ids: BTreeSet<&str> = e.iter().map(|e| e.id.as_str()).collect();
+            let want: BTreeSet<String> = [
+                format!("{node}/op-once-1"),
+                format!("{node}/op-slow-1"),
+                format!("{node}x/op-other-1"),
+            ]
+            .into();
+            (ids == want.iter().map(String::as_str).collect()
+                && e.iter().all(|e| e.status == "passing"))
+            .then_some(())
+        },
+    );
+
+    // The container dies: critical at once (no TTL wait), with why.
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(a.runtime_root())
+        .args(["kill", "op-once-1", "KILL"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_agent(&a, WAIT, "the dead instance critical", || {
+        let e = consul_entries(&name, false);
+        e.iter()
+            .any(|e| e.port == p1 && e.status == "critical")
+            .then_some(())
+    });
+    let (_, body) = consul_get(&format!("/v1/health/service/{name}"), WAIT).unwrap();
+    assert!(body.contains("container exited"), "{body}");
+
+    // Removing the project: `slow` is deregistered first and keeps running
+    // through its drain.
+    let out = s.cntnr(s.tmp.path(), &["rm", "op"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    wait_agent(&a, WAIT, "slow deregistered", || {
+        (!consul_entries(&name, false).iter().any(|e| e.port == p2)).then_some(())
+    });
+    assert!(
+        a.runc_list()
+            .iter()
+            .any(|(id, st)| id == "op-slow-1" && st == "running"),
+        "slow stopped before its drain: {:?}",
+        a.runc_list()
+    );
+    wait_for(WAIT, "containers gone", || {
+        a.runc_list().is_empty().then_some(())
+    });
+    let left: Vec<String> = consul_entries(&name, false)
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(left, [format!("{node}x/op-other-1")]);
+}
