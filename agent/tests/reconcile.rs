@@ -141,6 +141,16 @@ fn lifecycle(kind: Kind) {
         })
     });
     assert_eq!(rec["errors"], serde_json::json!([]), "{rec}");
+    // The stop grace rides on the container, for a removal after the
+    // project is gone from the store.
+    let state = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(a.runtime_root())
+        .args(["state", "shop-web-1"])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["annotations"]["cntnr.stop-grace"], "1000", "{state}");
     let web1 = container(&rec, "shop-web-1").unwrap();
     assert!(web1["config_hash"].as_str().unwrap().starts_with("v1-"));
     assert!(web1["started_at"].as_u64().unwrap() > 0, "{web1}");

@@ -308,6 +308,13 @@ impl Observed {
             .and_then(Signal::parse)
             .unwrap_or(Signal::TERM)
     }
+
+    /// The grace recorded at create, else compose's default.
+    fn stop_grace(&self) -> Duration {
+        self.annotation(annotations::STOP_GRACE)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(DEFAULT_STOP_GRACE, Duration::from_millis)
+    }
 }
 
 /// Inputs that are not state: the time and the backoff knobs.
@@ -602,10 +609,12 @@ pub fn plan_stages(desired: &Desired, observed: &[Observed], ctx: &Context<'_>) 
     for (stage, o) in doomed {
         let id = o.state.id.clone();
         if !matches!(o.state.status, Status::Stopped | Status::Creating) {
+            // The service's grace; for a service (or project) gone from
+            // the store, the one recorded on the container.
             let grace = o
                 .annotation(annotations::SERVICE)
                 .and_then(|s| desired.services.get(s))
-                .map_or(DEFAULT_STOP_GRACE, |s| s.stop_grace);
+                .map_or_else(|| o.stop_grace(), |s| s.stop_grace);
             steps.push(Step {
                 stage,
                 action: Action::Stop {

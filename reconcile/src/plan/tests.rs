@@ -578,6 +578,21 @@ fn a_project_gone_from_the_store_is_removed_entirely() {
             grace: DEFAULT_STOP_GRACE,
         }
     );
+    // The grace recorded on the container at create is honoured.
+    let mut graced = obs.clone();
+    graced[0]
+        .state
+        .annotations
+        .insert(annotations::STOP_GRACE.into(), "1500".into());
+    let got = plan(&d, &graced, &ctx_at(at(0.0), &NoJitter));
+    assert_eq!(
+        got[0],
+        Action::Stop {
+            id: ContainerId::new("shop-db-1").unwrap(),
+            signal: Signal::parse("QUIT").unwrap(),
+            grace: Duration::from_millis(1500),
+        }
+    );
     check(
         "project removed",
         &d,
