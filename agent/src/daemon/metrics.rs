@@ -56,6 +56,15 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     action_failures: Family<ActionLabels, Counter>,
     containers: Family<StateLabels, Gauge>,
+    containers_health: Family<HealthLabels, Gauge>,
+}
+
+/// Labels naming a container health (`none`, `starting`, `healthy`,
+/// `unhealthy`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    /// The health.
+    pub health: String,
 }
 
 impl Default for Metrics {
@@ -131,8 +140,16 @@ impl Metrics {
             "This node's containers, by state (pending, created, running, paused, stopped, failed)",
             containers.clone(),
         );
+        let containers_health = Family::<HealthLabels, Gauge>::default();
+        registry.register(
+            "containers_health",
+            "This node's running containers, by health (none: no check; starting, healthy, \
+             unhealthy)",
+            containers_health.clone(),
+        );
         Metrics {
             registry,
+            containers_health,
             reconcile_seconds,
             actions,
             action_failures,
@@ -230,6 +247,22 @@ impl Metrics {
                     state: state.to_string(),
                 })
                 .set(counts.get(state).copied().unwrap_or(0));
+        }
+    }
+
+    /// Sets the running containers by health from `health:<h>` keys
+    /// (healths not given are 0).
+    pub fn set_health(&self, counts: &std::collections::BTreeMap<&'static str, i64>) {
+        for h in ["none", "starting", "healthy", "unhealthy"] {
+            let n = counts
+                .iter()
+                .find(|(k, _)| k.strip_prefix("health:") == Some(h))
+                .map_or(0, |(_, n)| *n);
+            self.containers_health
+                .get_or_create(&HealthLabels {
+                    health: h.to_string(),
+                })
+                .set(n);
         }
     }
 
