@@ -76,6 +76,9 @@ struct Tracked {
     entry: Option<Registration>,
     /// It exited: critical until it runs again.
     dead: bool,
+    /// When its checker last reported a change (for the registry lag
+    /// metric).
+    changed_at: Option<std::time::Instant>,
 }
 
 impl Tracked {
@@ -198,10 +201,11 @@ impl Supervisor {
 
     fn on_event(&self, ev: HealthEvent) {
         let project = {
-            let tracked = lock(&self.tracked);
-            let Some(t) = tracked.get(&ev.container) else {
+            let mut tracked = lock(&self.tracked);
+            let Some(t) = tracked.get_mut(&ev.container) else {
                 return;
             };
+            t.changed_at = Some(std::time::Instant::now());
             t.project.clone()
         };
         tracing::info!(
@@ -378,6 +382,7 @@ impl Supervisor {
             provisional: None,
             entry: self.replica_entry(project, spec, c),
             dead: false,
+            changed_at: None,
         })
     }
 
@@ -570,6 +575,7 @@ impl Supervisor {
                     checker: None,
                     entry: Some(entry),
                     dead: false,
+                    changed_at: None,
                     provisional: Some(h.health),
                 },
             );
@@ -593,7 +599,7 @@ impl Supervisor {
 
     /// Every entry that should be in the registry, with its health and
     /// check output.
-    fn desired(&self) -> Vec<(Registration, cntnr_kv::Health, String)> {
+    fn desired(&self) -> Vec<Desired> {
         lock(&self.tracked)
             .values()
             .filter_map(|t| {
@@ -606,7 +612,12 @@ impl Supervisor {
                         None => (cntnr_kv::Health::Passing, String::new()),
                     }
                 };
-                Some((e, health, output))
+                Some(Desired {
+                    entry: e,
+                    health,
+                    output,
+                    changed_at: t.changed_at,
+                })
             })
             .collect()
     }
@@ -649,10 +660,21 @@ fn cap(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// One entry as it should be in the registry.
+struct Desired {
+    entry: Registration,
+    health: cntnr_kv::Health,
+    output: String,
+    /// When the health last changed (see `Tracked::changed_at`).
+    changed_at: Option<std::time::Instant>,
+}
+
 /// What the writer has put in the registry this session.
 struct Written {
     entry: Registration,
     writes: CheckWrites,
+    /// The check status last written.
+    health: Option<cntnr_kv::Health>,
 }
 
 /// The registry writer of one session (see the module docs). Never fails:
@@ -671,7 +693,7 @@ pub async fn run(
     sup.writing.store(true, std::sync::atomic::Ordering::SeqCst);
     loop {
         rev.borrow_and_update();
-        let failed = write(&store, &session, &sup, &mut written).await;
+        let failed = write(&store, &session, &sup, &shared, &mut written).await;
         sup.written
             .send_replace(written.keys().cloned().collect::<BTreeSet<_>>());
         if !cleaned && shared.is_ready() {
@@ -703,10 +725,11 @@ async fn write(
     store: &DynStore,
     session: &Session,
     sup: &Supervisor,
+    shared: &Shared,
     written: &mut BTreeMap<String, Written>,
 ) -> bool {
     let desired = sup.desired();
-    let wanted: BTreeSet<&str> = desired.iter().map(|(e, _, _)| e.id.as_str()).collect();
+    let wanted: BTreeSet<&str> = desired.iter().map(|d| d.entry.id.as_str()).collect();
     let mut failed = false;
     let stale: Vec<String> = written
         .keys()
@@ -726,7 +749,13 @@ async fn write(
             }
         }
     }
-    for (entry, health, output) in desired {
+    for Desired {
+        entry,
+        health,
+        output,
+        changed_at,
+    } in desired
+    {
         let id = entry.id.clone();
         let fresh = match written.get(&id) {
             Some(w) if w.entry == entry => false,
@@ -755,6 +784,7 @@ async fn write(
                 Written {
                     entry: entry.clone(),
                     writes: CheckWrites::new(sup.timings),
+                    health: None,
                 },
             );
         }
@@ -767,7 +797,17 @@ async fn write(
             .set_check(session, &entry.name, &id, health, &output)
             .await
         {
-            Ok(()) => w.writes.written(now, health),
+            Ok(()) => {
+                w.writes.written(now, health);
+                // A change reached the registry: how long after the check
+                // reported it.
+                if w.health.is_some_and(|h| h != health) {
+                    if let Some(t) = changed_at {
+                        shared.metrics.health_to_registry(t.elapsed());
+                    }
+                }
+                w.health = Some(health);
+            }
             Err(e) => {
                 failed = true;
                 w.writes.reset();
