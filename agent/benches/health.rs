@@ -11,7 +11,7 @@
 //!    run by the bench itself (its children's CPU), `CNTNR_BENCH_ITERS`
 //!    (default 50) times.
 //! 2. direct HTTP checks: busybox httpd containers on free loopback ports
-//!    (`network_mode: host`) with `cntnr.check.http: :PORT/` and nothing
+//!    (`network_mode: host`) with `cntnr.check.http: PORT/` and nothing
 //!    to register (no `expose`), so the agent's own CPU per check is the
 //!    probe's (no process runs in the container).
 //!
@@ -207,7 +207,7 @@ fn main() {
     for i in 0..n {
         let port = free_port();
         yaml.push_str(&format!(
-            "  h{i}:\n    image: {image}\n    network_mode: host\n    stop_grace_period: 1s\n    command: [httpd, -f, -p, '127.0.0.1:{port}', -h, /var/www]\n    healthcheck:\n      interval: {INTERVAL_SECS}s\n      timeout: 5s\n      retries: 3\n    annotations:\n      cntnr.check.http: ':{port}/'\n"
+            "  h{i}:\n    image: {image}\n    network_mode: host\n    stop_grace_period: 1s\n    command: [httpd, -f, -p, '127.0.0.1:{port}', -h, /var/www]\n    healthcheck:\n      interval: {INTERVAL_SECS}s\n      timeout: 5s\n      retries: 3\n    annotations:\n      cntnr.check.http: '{port}/'\n"
         ));
     }
     deploy(&s, &yaml, "hhttp");
@@ -283,6 +283,18 @@ fn main() {
         sum / count.max(1.0) * 1e3,
         p99 * 1e3
     );
+    if std::env::var_os("CNTNR_BENCH_VERBOSE").is_some() {
+        for l in metrics.lines().filter(|l| l.contains("health_to_registry")) {
+            println!("  {l}");
+        }
+        for l in a
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("health changed"))
+        {
+            println!("  {l}");
+        }
+    }
     let out = s.cntnr(s.tmp.path(), &["rm", "hlag"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     drop(a);

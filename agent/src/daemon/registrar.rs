@@ -76,9 +76,6 @@ struct Tracked {
     entry: Option<Registration>,
     /// It exited: critical until it runs again.
     dead: bool,
-    /// When its checker last reported a change (for the registry lag
-    /// metric).
-    changed_at: Option<std::time::Instant>,
 }
 
 impl Tracked {
@@ -90,6 +87,7 @@ impl Tracked {
                 failing_streak: 0,
                 output: String::new(),
                 probes: 0,
+                changed_at: None,
             }),
             _ => None,
         }
@@ -201,11 +199,10 @@ impl Supervisor {
 
     fn on_event(&self, ev: HealthEvent) {
         let project = {
-            let mut tracked = lock(&self.tracked);
-            let Some(t) = tracked.get_mut(&ev.container) else {
+            let tracked = lock(&self.tracked);
+            let Some(t) = tracked.get(&ev.container) else {
                 return;
             };
-            t.changed_at = Some(std::time::Instant::now());
             t.project.clone()
         };
         tracing::info!(
@@ -382,7 +379,6 @@ impl Supervisor {
             provisional: None,
             entry: self.replica_entry(project, spec, c),
             dead: false,
-            changed_at: None,
         })
     }
 
@@ -575,7 +571,6 @@ impl Supervisor {
                     checker: None,
                     entry: Some(entry),
                     dead: false,
-                    changed_at: None,
                     provisional: Some(h.health),
                 },
             );
@@ -604,19 +599,23 @@ impl Supervisor {
             .values()
             .filter_map(|t| {
                 let e = t.entry.clone()?;
-                let (health, output) = if t.dead {
-                    (cntnr_kv::Health::Critical, "container exited".to_string())
+                let (health, output, changed_at) = if t.dead {
+                    (
+                        cntnr_kv::Health::Critical,
+                        "container exited".to_string(),
+                        None,
+                    )
                 } else {
                     match t.report() {
-                        Some(r) => (registry_health(r.status), r.output),
-                        None => (cntnr_kv::Health::Passing, String::new()),
+                        Some(r) => (registry_health(r.status), r.output, r.changed_at),
+                        None => (cntnr_kv::Health::Passing, String::new(), None),
                     }
                 };
                 Some(Desired {
                     entry: e,
                     health,
                     output,
-                    changed_at: t.changed_at,
+                    changed_at,
                 })
             })
             .collect()
@@ -665,8 +664,8 @@ struct Desired {
     entry: Registration,
     health: cntnr_kv::Health,
     output: String,
-    /// When the health last changed (see `Tracked::changed_at`).
-    changed_at: Option<std::time::Instant>,
+    /// When the checker saw the health change.
+    changed_at: Option<tokio::time::Instant>,
 }
 
 /// What the writer has put in the registry this session.
