@@ -459,6 +459,17 @@ fn consul_replicas_pass_break_fix_survive_agent_restarts_and_go_with_the_project
         &["sh", "-c", "echo ok > /tmp/www/health"],
     );
     wait_passing_ports(&name, &want, "web2 back in passing");
+    // Both changes were timed from the check to the registry.
+    wait_agent(&a, WAIT, "health_to_registry observed", || {
+        let (_, m) = a.get("/metrics")?;
+        let count: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("cntnr_health_to_registry_seconds_count "))?
+            .trim()
+            .parse()
+            .ok()?;
+        (count >= 2).then_some(())
+    });
 
     // 3. Agent restarts (SIGTERM, then SIGKILL): no duplicates, and no
     //    critical flap of the healthy replicas, watched with blocking

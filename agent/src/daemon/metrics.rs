@@ -57,6 +57,8 @@ pub struct Metrics {
     action_failures: Family<ActionLabels, Counter>,
     containers: Family<StateLabels, Gauge>,
     containers_health: Family<HealthLabels, Gauge>,
+    health_to_registry: Histogram,
+    health_probes: Gauge,
 }
 
 /// Labels naming a container health (`none`, `starting`, `healthy`,
@@ -147,9 +149,24 @@ impl Metrics {
              unhealthy)",
             containers_health.clone(),
         );
+        let health_to_registry = Histogram::new(exponential_buckets(0.000_25, 2.0, 14));
+        registry.register(
+            "health_to_registry_seconds",
+            "Time from a health checker reporting a status change to the registry (Consul \
+             check, or services/ record) having accepted the new status",
+            health_to_registry.clone(),
+        );
+        let health_probes = Gauge::default();
+        registry.register(
+            "health_probes",
+            "Health probe rounds run since the agent started (all containers; read at scrape)",
+            health_probes.clone(),
+        );
         Metrics {
             registry,
+            health_probes,
             containers_health,
+            health_to_registry,
             reconcile_seconds,
             actions,
             action_failures,
@@ -266,8 +283,15 @@ impl Metrics {
         }
     }
 
+    /// Records how long a health change took to reach the registry.
+    pub fn health_to_registry(&self, took: std::time::Duration) {
+        self.health_to_registry.observe(took.as_secs_f64());
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        self.health_probes
+            .set(i64::try_from(crate::health::checker::probes_total()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");

@@ -87,6 +87,7 @@ impl Tracked {
                 failing_streak: 0,
                 output: String::new(),
                 probes: 0,
+                changed_at: None,
             }),
             _ => None,
         }
@@ -593,20 +594,29 @@ impl Supervisor {
 
     /// Every entry that should be in the registry, with its health and
     /// check output.
-    fn desired(&self) -> Vec<(Registration, cntnr_kv::Health, String)> {
+    fn desired(&self) -> Vec<Desired> {
         lock(&self.tracked)
             .values()
             .filter_map(|t| {
                 let e = t.entry.clone()?;
-                let (health, output) = if t.dead {
-                    (cntnr_kv::Health::Critical, "container exited".to_string())
+                let (health, output, changed_at) = if t.dead {
+                    (
+                        cntnr_kv::Health::Critical,
+                        "container exited".to_string(),
+                        None,
+                    )
                 } else {
                     match t.report() {
-                        Some(r) => (registry_health(r.status), r.output),
-                        None => (cntnr_kv::Health::Passing, String::new()),
+                        Some(r) => (registry_health(r.status), r.output, r.changed_at),
+                        None => (cntnr_kv::Health::Passing, String::new(), None),
                     }
                 };
-                Some((e, health, output))
+                Some(Desired {
+                    entry: e,
+                    health,
+                    output,
+                    changed_at,
+                })
             })
             .collect()
     }
@@ -649,10 +659,21 @@ fn cap(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// One entry as it should be in the registry.
+struct Desired {
+    entry: Registration,
+    health: cntnr_kv::Health,
+    output: String,
+    /// When the checker saw the health change.
+    changed_at: Option<tokio::time::Instant>,
+}
+
 /// What the writer has put in the registry this session.
 struct Written {
     entry: Registration,
     writes: CheckWrites,
+    /// The check status last written.
+    health: Option<cntnr_kv::Health>,
 }
 
 /// The registry writer of one session (see the module docs). Never fails:
@@ -671,7 +692,7 @@ pub async fn run(
     sup.writing.store(true, std::sync::atomic::Ordering::SeqCst);
     loop {
         rev.borrow_and_update();
-        let failed = write(&store, &session, &sup, &mut written).await;
+        let failed = write(&store, &session, &sup, &shared, &mut written).await;
         sup.written
             .send_replace(written.keys().cloned().collect::<BTreeSet<_>>());
         if !cleaned && shared.is_ready() {
@@ -703,10 +724,11 @@ async fn write(
     store: &DynStore,
     session: &Session,
     sup: &Supervisor,
+    shared: &Shared,
     written: &mut BTreeMap<String, Written>,
 ) -> bool {
     let desired = sup.desired();
-    let wanted: BTreeSet<&str> = desired.iter().map(|(e, _, _)| e.id.as_str()).collect();
+    let wanted: BTreeSet<&str> = desired.iter().map(|d| d.entry.id.as_str()).collect();
     let mut failed = false;
     let stale: Vec<String> = written
         .keys()
@@ -726,7 +748,13 @@ async fn write(
             }
         }
     }
-    for (entry, health, output) in desired {
+    for Desired {
+        entry,
+        health,
+        output,
+        changed_at,
+    } in desired
+    {
         let id = entry.id.clone();
         let fresh = match written.get(&id) {
             Some(w) if w.entry == entry => false,
@@ -755,6 +783,7 @@ async fn write(
                 Written {
                     entry: entry.clone(),
                     writes: CheckWrites::new(sup.timings),
+                    health: None,
                 },
             );
         }
@@ -767,7 +796,17 @@ async fn write(
             .set_check(session, &entry.name, &id, health, &output)
             .await
         {
-            Ok(()) => w.writes.written(now, health),
+            Ok(()) => {
+                w.writes.written(now, health);
+                // A change reached the registry: how long after the check
+                // reported it.
+                if w.health.is_some_and(|h| h != health) {
+                    if let Some(t) = changed_at {
+                        shared.metrics.health_to_registry(t.elapsed());
+                    }
+                }
+                w.health = Some(health);
+            }
             Err(e) => {
                 failed = true;
                 w.writes.reset();

@@ -137,6 +137,19 @@ pub struct EnvSync {
     signals: mpsc::UnboundedSender<SignalRequest>,
 }
 
+impl std::fmt::Debug for EnvSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only.
+        f.debug_struct("EnvSync")
+            .field("projects", &lock(&self.projects).keys().collect::<Vec<_>>())
+            .field(
+                "elections",
+                &lock(&self.elections).keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

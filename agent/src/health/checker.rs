@@ -27,6 +27,14 @@ use super::state::{HealthPolicy, HealthState, ProbeResult};
 /// only guards against a probe that would not.
 pub const PROBE_GRACE: Duration = Duration::from_secs(10);
 
+/// Probe rounds run by every checker of this process (for `/metrics`).
+static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Probe rounds run by every checker of this process since it started.
+pub fn probes_total() -> u64 {
+    PROBES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A container's health as the rest of the agent sees it (status records,
 /// `cntnr ps`, `/metrics`, registration, `depends_on`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,15 +48,18 @@ pub struct HealthReport {
     pub output: String,
     /// Probe rounds completed.
     pub probes: u64,
+    /// When the status last changed (`None` before the first change).
+    pub changed_at: Option<Instant>,
 }
 
 impl HealthReport {
-    fn of(state: &HealthState, probes: u64) -> Self {
+    fn of(state: &HealthState, probes: u64, changed_at: Option<Instant>) -> Self {
         HealthReport {
             status: state.status(),
             failing_streak: state.failing_streak(),
             output: state.output().to_string(),
             probes,
+            changed_at,
         }
     }
 }
@@ -114,7 +125,7 @@ impl Checker {
         cancel: &CancellationToken,
     ) -> Checker {
         let state = HealthState::resume(policy, start.resume);
-        let (tx, current) = watch::channel(HealthReport::of(&state, 0));
+        let (tx, current) = watch::channel(HealthReport::of(&state, 0, None));
         let cancel = cancel.child_token();
         let task = tokio::spawn(run(
             container.clone(),
@@ -177,6 +188,7 @@ async fn run<P: Probe>(
     let since_start = || age + spawned.elapsed();
     let limit = state.policy().timeout + PROBE_GRACE;
     let mut probes = 0u64;
+    let mut changed_at = None;
     loop {
         let delay = state.next_delay(since_start());
         tokio::select! {
@@ -196,8 +208,12 @@ async fn run<P: Probe>(
             }),
         };
         probes += 1;
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let changed = state.observe(started_after, &result);
-        let report = HealthReport::of(&state, probes);
+        if changed.is_some() {
+            changed_at = Some(Instant::now());
+        }
+        let report = HealthReport::of(&state, probes, changed_at);
         current.send_replace(report.clone());
         if changed.is_some() {
             let event = HealthEvent {
