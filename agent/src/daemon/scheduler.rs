@@ -18,8 +18,13 @@
 //! ([`cntnr_reconcile::schedule::Schedule::recheck_at`]) and places again
 //! then. A new leader therefore neither reschedules at once nor restarts
 //! the grace of a node a former leader already saw leave.
+//!
+//! Rebalance: `cntnr rebalance PROJECT` writes `rebalance/<project>`; the
+//! leader follows `rebalance/` with a watch, places that project with no
+//! previous schedule (from scratch), writes it, and then deletes the
+//! request. A request outlives a leader change (the next leader lists it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +54,10 @@ pub async fn run(
     let mut changes = shared.desired_changes();
     let mut nodes: BTreeMap<NodeName, NodeRecord> = BTreeMap::new();
     let mut watch = store.watch(&ndir, WatchFrom::Start);
+    let rdir = prefix.rebalance_dir();
+    let mut rwatch = store.watch(&rdir, WatchFrom::Start);
+    // Projects an operator asked to place from scratch.
+    let mut rebalance: BTreeSet<ProjectName> = BTreeSet::new();
     // Written here, not yet seen back through the watch of schedule/.
     let mut written: BTreeMap<ProjectName, ScheduleRecord> = BTreeMap::new();
     let mut delay = Duration::from_millis(200);
@@ -77,6 +86,15 @@ pub async fn run(
                 }
             },
             r = changes.changed() => if r.is_err() { return Ok(()) },
+            ev = rwatch.next() => match ev {
+                None => anyhow::bail!("the watch of {rdir} ended"),
+                Some(Err(e)) => {
+                    shared.metrics.store_error("watch");
+                    tracing::warn!(error = %e, "rebalance watch error (it resumes by itself)");
+                    continue;
+                }
+                Some(Ok(ev)) => apply_rebalance(&rdir, &mut rebalance, ev.kind, &ev.key),
+            },
         }
         // Coalesce the burst.
         let settle = tokio::time::sleep(SETTLE);
@@ -91,15 +109,34 @@ pub async fn run(
                     Some(Err(_)) => shared.metrics.store_error("watch"),
                 },
                 r = changes.changed() => if r.is_err() { return Ok(()) },
+                ev = rwatch.next() => match ev {
+                    None => anyhow::bail!("the watch of {rdir} ended"),
+                    Some(Ok(ev)) => apply_rebalance(&rdir, &mut rebalance, ev.kind, &ev.key),
+                    Some(Err(_)) => shared.metrics.store_error("watch"),
+                },
             }
         }
         changes.borrow_and_update();
         if !shared.is_synced() {
             continue;
         }
-        match place_all(&store, &shared, leadership, &nodes, &mut gone, &mut written).await {
+        let state = PlaceState {
+            nodes: &nodes,
+            gone: &mut gone,
+            written: &mut written,
+            rebalance: &mut rebalance,
+        };
+        match place_all(&store, &shared, leadership, state).await {
             Ok(at) => {
                 delay = Duration::from_millis(200);
+                let now = super::now_secs();
+                let audit_at =
+                    super::audit::run_once(&store, &shared, leadership, &nodes, &mut gone, now)
+                        .await;
+                let at = match (at, audit_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 recheck = at.map(|at| {
                     let wait = Duration::from_secs(at.saturating_sub(super::now_secs()));
                     tokio::time::Instant::now() + wait
@@ -119,6 +156,33 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A `rebalance/<project>` request appeared or went.
+fn apply_rebalance(rdir: &str, set: &mut BTreeSet<ProjectName>, kind: EventKind, key: &str) {
+    let Some(p) = key
+        .strip_prefix(rdir)
+        .and_then(|p| ProjectName::new(p).ok())
+    else {
+        return;
+    };
+    match kind {
+        EventKind::Put => {
+            tracing::info!(project = %p, "rebalance requested");
+            set.insert(p);
+        }
+        EventKind::Delete => {
+            set.remove(&p);
+        }
+    }
+}
+
+/// What the placement loop keeps between passes.
+struct PlaceState<'a> {
+    nodes: &'a BTreeMap<NodeName, NodeRecord>,
+    gone: &'a mut BTreeMap<NodeName, u64>,
+    written: &'a mut BTreeMap<ProjectName, ScheduleRecord>,
+    rebalance: &'a mut BTreeSet<ProjectName>,
 }
 
 /// Sleeps until `at`, or forever.
@@ -221,10 +285,16 @@ async fn place_all(
     store: &DynStore,
     shared: &Shared,
     leadership: &Leadership,
-    nodes: &BTreeMap<NodeName, NodeRecord>,
-    gone: &mut BTreeMap<NodeName, u64>,
-    written: &mut BTreeMap<ProjectName, ScheduleRecord>,
+    state: PlaceState<'_>,
 ) -> std::result::Result<Option<u64>, PlaceError> {
+    let PlaceState {
+        nodes,
+        gone,
+        written,
+        rebalance,
+    } = state;
+    // Rebalance requests served by this pass (deleted after the writes).
+    let mut served: Vec<ProjectName> = Vec::new();
     let now = super::now_secs();
     let mut recheck_at: Option<u64> = None;
     // Decide under the lock, write without it.
@@ -257,7 +327,14 @@ async fn place_all(
             let mut cluster = cluster_for(p, nodes, seen.iter().map(|(q, s)| (*q, *s)));
             cluster.gone_since = gone.clone();
             cluster.now = now;
-            let placed = schedule(project, &cluster, prev.as_ref());
+            let from_scratch = rebalance.contains(p);
+            let placed = if from_scratch {
+                served.push(p.clone());
+                tracing::info!(project = %p, "rebalancing: placing from scratch");
+                schedule(project, &cluster, None)
+            } else {
+                schedule(project, &cluster, prev.as_ref())
+            };
             if let Some(at) = placed.recheck_at {
                 recheck_at = Some(recheck_at.map_or(at, |t| t.min(at)));
             }
@@ -305,6 +382,12 @@ async fn place_all(
                 deletes.push(p.clone());
             }
         }
+        served.extend(
+            rebalance
+                .iter()
+                .filter(|p| !d.projects.contains_key(*p))
+                .cloned(),
+        );
         shared
             .unplaced
             .lock()
@@ -333,6 +416,14 @@ async fn place_all(
             .map_err(|e| PlaceError::Store(e.into()))?;
         written.remove(&p);
         tracing::info!(project = %p, "schedule of a removed project deleted");
+    }
+    let rdir = shared.prefix.rebalance_dir();
+    for p in served {
+        store
+            .delete(&format!("{rdir}{p}"))
+            .await
+            .map_err(|e| PlaceError::Store(e.into()))?;
+        rebalance.remove(&p);
     }
     Ok(recheck_at)
 }

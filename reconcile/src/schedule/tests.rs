@@ -289,6 +289,31 @@ fn placement_tables() {
             ..BASE
         },
         Case {
+            name: "a joining node takes no existing replica",
+            services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
+            live: &["n1", "n2", "n3"],
+            previous: &["web/1=n1", "web/2=n1"],
+            want: &["web/1=n1", "web/2=n1"],
+            ..BASE
+        },
+        Case {
+            name: "a joining node takes the new replica: the least loaded",
+            services: "  web: {image: nginx, deploy: {replicas: 3}}\n",
+            live: &["n1", "n2", "n3"],
+            other_load: &[("n2", 4)],
+            previous: &["web/1=n1", "web/2=n2"],
+            want: &["web/1=n1", "web/2=n2", "web/3=n3"],
+            ..BASE
+        },
+        Case {
+            name: "rebalance (no previous schedule) spreads over the joined node",
+            services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
+            live: &["n1", "n2", "n3"],
+            other_load: &[("n1", 1)],
+            want: &["web/1=n2", "web/2=n3"],
+            ..BASE
+        },
+        Case {
             name: "a node within grace gets no new replica",
             services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
             live: &["n1"],
