@@ -567,3 +567,145 @@ fn store_outage_stops_only_stop_after_services_etcd() {
 fn store_outage_stops_only_stop_after_services_consul() {
     store_outage_stops_only_stop_after_services(Kind::Consul);
 }
+
+/// Registers an entry directly in the store's registry (as a dead agent,
+/// another node's agent or another tool would have left it).
+fn register_raw(s: &TestStore, name: &str, id: &str, node_meta: Option<&str>) {
+    let mut meta = serde_json::Map::new();
+    if let Some(n) = node_meta {
+        meta.insert("node".into(), n.into());
+    }
+    meta.insert("project".into(), "shop".into());
+    meta.insert("service".into(), "web".into());
+    match s.kind {
+        Kind::Consul => {
+            let body = serde_json::json!({
+                "Name": name, "ID": id, "Address": "127.0.0.1", "Port": 80,
+                "Meta": meta, "Check": {"TTL": "60s"},
+            });
+            let out = std::process::Command::new("curl")
+                .args(["-sf", "-X", "PUT", "--data-binary"])
+                .arg(body.to_string())
+                .arg(format!(
+                    "{}/v1/agent/service/register",
+                    cntnr_e2e::shared_consul().url()
+                ))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "register {id}: {out:?}");
+        }
+        Kind::Etcd => {
+            let rec = serde_json::json!({
+                "name": name, "id": id, "address": "127.0.0.1", "port": 80,
+                "tags": [], "meta": meta, "status": "passing", "output": "",
+                "check_ttl_ms": 60000u64, "updated_ms": 0u64,
+            });
+            s.raw_put(&s.key(&format!("services/{name}/{id}")), &rec.to_string());
+        }
+        Kind::Dir => unreachable!(),
+    }
+}
+
+/// The instance ids of `name` in the registry, read without cntnr.
+fn registered(s: &TestStore, name: &str) -> Vec<String> {
+    let mut ids: Vec<String> = match s.kind {
+        Kind::Consul => {
+            let out = std::process::Command::new("curl")
+                .arg("-sf")
+                .arg(format!(
+                    "{}/v1/agent/services",
+                    cntnr_e2e::shared_consul().url()
+                ))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            v.as_object()
+                .unwrap()
+                .values()
+                .filter(|svc| svc["Service"] == name)
+                .map(|svc| svc["ID"].as_str().unwrap().to_string())
+                .collect()
+        }
+        Kind::Etcd => {
+            let dir = s.key(&format!("services/{name}/"));
+            let out = cntnr_e2e::shared_etcd().etcdctl(&["get", "--prefix", "--keys-only", &dir]);
+            assert!(out.status.success(), "{out:?}");
+            text(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix(&dir).map(str::to_string))
+                .collect()
+        }
+        Kind::Dir => unreachable!(),
+    };
+    ids.sort();
+    ids
+}
+
+/// The leader removes registry entries cntnr made for a node gone longer
+/// than the grace, and nothing else: not another tool's, not one whose id
+/// and meta disagree. (A live node's entries are the table test's part:
+/// here its own agent would clean them up at start.)
+fn leader_audits_the_registry(kind: Kind) {
+    let s = TestStore::new(kind, "audit");
+    let name = format!("{}-audited", s.prefix.replace('_', "-"));
+    let foreign = [
+        ("lb-1".to_string(), None),
+        (format!("deadnode/{name}-x"), Some("someone-else")),
+    ];
+    for (id, node) in &foreign {
+        register_raw(&s, &name, id, *node);
+    }
+    register_raw(&s, &name, "deadnode/shop-web-9", Some("deadnode"));
+    let mut want: Vec<String> = foreign.iter().map(|(id, _)| id.clone()).collect();
+    want.sort();
+    let mut all = want.clone();
+    all.push("deadnode/shop-web-9".into());
+    all.sort();
+    assert_eq!(registered(&s, &name), all);
+
+    let a = s.agent_with("n1", &["--session-ttl", session_ttl(kind)], &[]);
+    let image = common::test_image_ref();
+    deploy(
+        &s,
+        "shop",
+        &format!(
+            "services:\n  web:\n    image: {image}\n    network_mode: none\n    command: [sleep, '3600']\n    annotations: {{cntnr.service.name: {name}, cntnr.reschedule-after: 2s}}\n"
+        ),
+    );
+    common::wait_for(WAIT, "the dead node's entry removed", || {
+        let ids = registered(&s, &name);
+        (!ids.iter().any(|i| i == "deadnode/shop-web-9")).then_some(())
+    });
+    let left = registered(&s, &name);
+    for id in &want {
+        assert!(left.contains(id), "{id} must stay: {left:?}");
+    }
+    let log = a.log_text();
+    assert!(
+        log.contains("registry entry of a node gone past its grace removed"),
+        "{log}"
+    );
+    if kind == Kind::Consul {
+        for id in &want {
+            let _ = std::process::Command::new("curl")
+                .args(["-sf", "-X", "PUT"])
+                .arg(format!(
+                    "{}/v1/agent/service/deregister/{}",
+                    cntnr_e2e::shared_consul().url(),
+                    id.replace('/', "%2F")
+                ))
+                .output();
+        }
+    }
+}
+
+#[test]
+fn leader_audits_the_registry_etcd() {
+    leader_audits_the_registry(Kind::Etcd);
+}
+
+#[test]
+fn leader_audits_the_registry_consul() {
+    leader_audits_the_registry(Kind::Consul);
+}
