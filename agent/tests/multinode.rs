@@ -313,12 +313,19 @@ fn many_nodes(kind: Kind) {
     let pids = everywhere(&all);
     let placed = placement(&s, "shop");
     let old = leader(&s).unwrap();
+    let killed = std::time::Instant::now();
     {
         let l = by_node(&mut agents, &old);
         l.child().kill().unwrap();
         l.child().wait().unwrap();
     }
     let new = common::wait_for(WAIT, "a new leader", || leader(&s).filter(|l| *l != old));
+    // Informational (timing belongs in benches): TTL + lock-delay bound it.
+    eprintln!(
+        "{kind:?}: new leader {new} {:?} after the old one was killed (session TTL {})",
+        killed.elapsed(),
+        session_ttl(kind)
+    );
     let st = common::wait_for(WAIT, "the new leader to say so", || {
         by_node(&mut agents, &new)
             .status()

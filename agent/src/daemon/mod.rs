@@ -549,6 +549,7 @@ impl Epoch {
         .await
         {
             shared.set_session(None);
+            shared.link.down();
             return Outcome::Restart(format!("registering the node: {e:#}"));
         }
         let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
