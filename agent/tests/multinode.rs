@@ -737,3 +737,76 @@ fn leader_audits_the_registry_etcd() {
 fn leader_audits_the_registry_consul() {
     leader_audits_the_registry(Kind::Consul);
 }
+
+/// A node lost, then the leader too, within the node's grace (the default
+/// 30 s on etcd): the new leader keeps counting from when the old one saw the node
+/// go (`gone_since` in the schedule record) — it neither moves the replica
+/// at once nor starts the grace anew — and moves it when the grace ends.
+fn new_leader_keeps_the_grace_clock(kind: Kind) {
+    let s = TestStore::new(kind, "clock");
+    let mut agents = start(&s, kind);
+    let first = leader(&s).unwrap();
+    let image = common::test_image_ref();
+    // The default grace on etcd; on Consul a Consul failover (session TTL
+    // at least 10 s, invalidated within 2 × TTL, then the lock-delay) may
+    // take longer than that, so the grace is longer.
+    let grace = match kind {
+        Kind::Consul => "\n    annotations: {cntnr.reschedule-after: 90s}",
+        _ => "",
+    };
+    deploy(
+        &s,
+        "shop",
+        &format!(
+            "services:\n  solo:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']{grace}\n    deploy: {{placement: {{constraints: ['node.hostname!={first}']}}}}\n"
+        ),
+    );
+    let all: Vec<&Agent> = agents.iter().collect();
+    common::wait_for(WAIT, "solo running", || {
+        converged(&s, &all, "shop").filter(|p| p.len() == 1)
+    });
+    let victim = node_of(&s, "solo/1");
+    {
+        let v = by_node(&mut agents, &victim);
+        v.child().kill().unwrap();
+        v.child().wait().unwrap();
+    }
+    let since = common::wait_for(WAIT, "the victim's gone_since in the record", || {
+        schedule(&s, "shop")?["gone_since"][victim.as_str()].as_u64()
+    });
+    {
+        let l = by_node(&mut agents, &first);
+        l.child().kill().unwrap();
+        l.child().wait().unwrap();
+    }
+    let survivor = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != first && *n != victim)
+        .unwrap();
+    let rec = common::wait_for(WAIT, "the record claimed by the new leader", || {
+        schedule(&s, "shop").filter(|r| r["leader"] == survivor)
+    });
+    assert_eq!(
+        rec["gone_since"][victim.as_str()].as_u64(),
+        Some(since),
+        "the new leader keeps the clock: {rec}"
+    );
+    assert_eq!(rec["services"]["solo"]["1"], victim.as_str(), "{rec}");
+    // After the grace, solo moves to the only eligible live node.
+    let all: Vec<&Agent> = agents.iter().filter(|a| a.node == survivor).collect();
+    common::wait_for(WAIT, "solo moved to the survivor", || {
+        converged(&s, &all, "shop").filter(|p| p == &[format!("solo/1={survivor}")])
+    });
+    let rec = schedule(&s, "shop").unwrap();
+    assert!(rec.get("gone_since").is_none(), "{rec}");
+}
+
+#[test]
+fn new_leader_keeps_the_grace_clock_etcd() {
+    new_leader_keeps_the_grace_clock(Kind::Etcd);
+}
+
+#[test]
+fn new_leader_keeps_the_grace_clock_consul() {
+    new_leader_keeps_the_grace_clock(Kind::Consul);
+}
