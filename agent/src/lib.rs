@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod election_replica;
+pub mod envsync;
 pub mod health;
 pub mod registration;
 pub mod store;

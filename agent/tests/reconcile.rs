@@ -1,7 +1,10 @@
 //! The main path against real runc: a project written to the store (etcd,
 //! Consul or a dir) becomes running containers; edits recreate only what
 //! changed; scaling, removal, adoption after an agent restart, crash loops,
-//! broken projects, and an agent killed between `runc create` and `start`.
+//! broken projects, an agent killed between `runc create` and `start`, and
+//! the store down for 30 s. Every scenario runs against real etcd, real
+//! Consul and a dir store (one `#[test]` per store, so they run in
+//! parallel); see `store_outage` for what "down" means for a dir.
 //!
 //! Every agent gets its own state dir and runc `--root` (see `common`);
 //! its Drop guard deletes every container and unmounts every bundle, even
@@ -13,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{text, Agent, Kind, TestStore};
+use common::{text, Agent, Kind, OwnedStore, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,6 +37,21 @@ fn deploy(s: &TestStore, name: &str, yaml: &str) {
         s.tmp.path(),
         &["deploy", "-f", file.to_str().unwrap(), "-p", name],
     );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// `cntnr deploy` to another store URL than the test store's (same prefix).
+fn deploy_to(s: &TestStore, url: &str, name: &str, yaml: &str) {
+    let file = s.tmp.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cntnr"))
+        .args(["deploy", "-f", file.to_str().unwrap(), "-p", name])
+        .args(["--store", url, "--prefix", &s.prefix])
+        .current_dir(s.tmp.path())
+        .env_remove("CNTNR_STORE")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
@@ -123,6 +141,16 @@ fn lifecycle(kind: Kind) {
         })
     });
     assert_eq!(rec["errors"], serde_json::json!([]), "{rec}");
+    // The stop grace rides on the container, for a removal after the
+    // project is gone from the store.
+    let state = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(a.runtime_root())
+        .args(["state", "shop-web-1"])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["annotations"]["cntnr.stop-grace"], "1000", "{state}");
     let web1 = container(&rec, "shop-web-1").unwrap();
     assert!(web1["config_hash"].as_str().unwrap().starts_with("v1-"));
     assert!(web1["started_at"].as_u64().unwrap() > 0, "{web1}");
@@ -235,9 +263,8 @@ fn deploy_edit_scale_restart_remove_consul() {
     lifecycle(Kind::Consul);
 }
 
-#[test]
-fn crash_loop_backs_off_and_the_agent_stays_idle() {
-    let s = TestStore::new(Kind::Dir, "crash");
+fn crash_loop(kind: Kind) {
+    let s = TestStore::new(kind, "crash");
     let a = s.agent("n1");
     let image = common::test_image_ref();
     deploy(
@@ -272,6 +299,21 @@ fn crash_loop_backs_off_and_the_agent_stays_idle() {
     assert!(cpu < 50, "agent used {cpu} ticks in 5s");
 }
 
+#[test]
+fn crash_loop_backs_off_and_the_agent_stays_idle_dir() {
+    crash_loop(Kind::Dir);
+}
+
+#[test]
+fn crash_loop_backs_off_and_the_agent_stays_idle_etcd() {
+    crash_loop(Kind::Etcd);
+}
+
+#[test]
+fn crash_loop_backs_off_and_the_agent_stays_idle_consul() {
+    crash_loop(Kind::Consul);
+}
+
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -280,9 +322,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-#[test]
-fn invalid_project_and_missing_image_leave_others_running() {
-    let s = TestStore::new(Kind::Dir, "broken");
+fn broken_projects(kind: Kind) {
+    let s = TestStore::new(kind, "broken");
     let a = s.agent("n1");
     s.raw_put(&s.key("projects/a"), "services:\n  web:\n    imgae: x\n");
     let image = common::test_image_ref();
@@ -346,8 +387,25 @@ fn invalid_project_and_missing_image_leave_others_running() {
     assert_eq!(running(&a).get("b-api-1"), Some(&pid));
 }
 
-fn killed_at(failpoint: &str) {
-    let s = TestStore::new(Kind::Dir, failpoint);
+#[test]
+fn invalid_project_and_missing_image_leave_others_running_dir() {
+    broken_projects(Kind::Dir);
+}
+
+#[test]
+fn invalid_project_and_missing_image_leave_others_running_etcd() {
+    broken_projects(Kind::Etcd);
+}
+
+#[test]
+fn invalid_project_and_missing_image_leave_others_running_consul() {
+    broken_projects(Kind::Consul);
+}
+
+/// On etcd and Consul the killed agent's session outlives it (until its
+/// TTL): the restarted agent works beside it, without the leadership.
+fn killed_at(kind: Kind, failpoint: &str) {
+    let s = TestStore::new(kind, failpoint);
     let mut a = s.agent_with("n1", &[], &[("CNTNR_FAILPOINT", failpoint)]);
     deploy(&s, "fp", &project(2, "v1"));
     let st = a.wait_exit(WAIT);
@@ -367,13 +425,65 @@ fn killed_at(failpoint: &str) {
 }
 
 #[test]
-fn no_duplicate_after_kill_between_create_and_start() {
-    killed_at("after-create");
+fn no_duplicate_after_kill_between_create_and_start_dir() {
+    killed_at(Kind::Dir, "after-create");
 }
 
 #[test]
-fn no_duplicate_after_kill_right_after_start() {
-    killed_at("after-start");
+fn no_duplicate_after_kill_between_create_and_start_etcd() {
+    killed_at(Kind::Etcd, "after-create");
+}
+
+#[test]
+fn no_duplicate_after_kill_between_create_and_start_consul() {
+    killed_at(Kind::Consul, "after-create");
+}
+
+#[test]
+fn no_duplicate_after_kill_right_after_start_dir() {
+    killed_at(Kind::Dir, "after-start");
+}
+
+#[test]
+fn no_duplicate_after_kill_right_after_start_etcd() {
+    killed_at(Kind::Etcd, "after-start");
+}
+
+#[test]
+fn no_duplicate_after_kill_right_after_start_consul() {
+    killed_at(Kind::Consul, "after-start");
+}
+
+/// An agent killed right after `runc create`, and the container's shim
+/// killed too before the agent comes back: the container is `created`, but
+/// its stdio and its reaper are gone, so the restarted agent recreates it
+/// instead of starting it (the runc driver reports it half-created).
+#[test]
+fn created_container_whose_shim_died_is_recreated() {
+    let s = TestStore::new(Kind::Dir, "shimgone");
+    let mut a = s.agent_with("n1", &[], &[("CNTNR_FAILPOINT", "after-create")]);
+    deploy(&s, "fp", &project(1, "v1"));
+    let st = a.wait_exit(WAIT);
+    assert_eq!(st.code(), None, "killed by SIGKILL: {st:?}");
+    assert_eq!(
+        a.runc_list(),
+        [("fp-web-1".to_string(), "created".to_string())]
+    );
+    assert_eq!(common::kill_shims(a.state_dir()), 1);
+    a.restart(&[]);
+    wait_running(&a, &["fp-web-1", "fp-worker-1"]);
+    let log = a.log_text();
+    assert!(log.contains("action=recreate fp-web-1"), "{log}");
+    // The recreated container's output reaches its log again.
+    common::wait_for(WAIT, "web's log", || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cntnr"))
+            .arg("--state-dir")
+            .arg(a.state_dir())
+            .args(["logs", "fp", "web"])
+            .output()
+            .unwrap();
+        text(&out.stdout).contains("web v1").then_some(())
+    });
 }
 
 fn two_agents_spread_replicas(kind: Kind) {
@@ -466,50 +576,83 @@ fn image_import_ls_rm() {
     assert!(text(&out.stderr).contains("no logs for shop-web-1"));
 }
 
-#[test]
-fn store_outage_leaves_containers_running_and_a_later_change_applies_once() {
-    let mut etcd = cntnr_e2e::Etcd::start();
-    let mut s = TestStore::new(Kind::Dir, "outage");
-    s.url = etcd.store_url();
+/// The store down for 30 s (longer than the session TTL, 15 s, so the
+/// session is lost): containers keep running, and a change made while the
+/// agent could not see the store is applied exactly once after recovery.
+///
+/// etcd and Consul: a server of the test's own (persistent, so the data
+/// survives), stopped and restarted; a stopped server takes no writes, so
+/// the change is deployed the moment it is back, before the agent has
+/// reconnected (its watch and session retries back off up to 10 s).
+/// Dir: the store cannot go down, but its directory can go away: it is
+/// moved aside (every store call of the agent fails, the writer lock file
+/// being gone with it) and the change is deployed *into the moved
+/// directory* during the outage, then it is moved back.
+fn store_outage(kind: Kind) {
+    let (s, mut store) = TestStore::owned(kind, "outage");
     let a = s.agent("n1");
     deploy(&s, "shop", &project(2, "v1"));
-    let before = wait_running(&a, &["shop-web-1", "shop-web-2", "shop-worker-1"]);
+    let ids = ["shop-web-1", "shop-web-2", "shop-worker-1"];
+    let before = wait_running(&a, &ids);
+    let key = s.key("status/shop/n1");
+    let status_with = |store: &OwnedStore, n: usize| {
+        common::wait_for(WAIT, &format!("status with {n} containers"), || {
+            let v: Value = serde_json::from_str(&store.get(&key)?).ok()?;
+            (v["containers"].as_array()?.len() == n).then_some(())
+        })
+    };
+    status_with(&store, 3);
 
-    // 30 s without the store: longer than the session TTL (15 s), so the
-    // session is lost; containers do not care.
-    etcd.stop();
+    store.down();
+    if let OwnedStore::Dir(root) = &store {
+        let away = format!("dir://{}", OwnedStore::dir_away(root).display());
+        deploy_to(&s, &away, "shop", &project(3, "v1"));
+    }
     std::thread::sleep(Duration::from_secs(30));
     assert_eq!(
         running(&a),
         before,
-        "containers keep running without the store"
+        "containers keep running without the store (and nothing new starts):\n{}",
+        a.log_text()
     );
-    etcd.restart();
-    // The status key went with the lost session; the new session writes it
-    // again without any change to the project.
-    // (Read through this etcd: the test store's raw helpers know only the
-    // shared servers.)
-    common::wait_for(WAIT, "status written again after the outage", || {
-        let out = etcd.etcdctl(&["get", &s.key("status/shop/n1"), "--print-value-only"]);
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["containers"].as_array()?.len() == 3).then_some(())
-    });
+    store.up();
+    if !matches!(store, OwnedStore::Dir(_)) {
+        deploy(&s, "shop", &project(3, "v1"));
+    }
 
-    deploy(&s, "shop", &project(3, "v1"));
     let after = wait_running(
         &a,
         &["shop-web-1", "shop-web-2", "shop-web-3", "shop-worker-1"],
     );
-    for id in ["shop-web-1", "shop-web-2", "shop-worker-1"] {
+    for id in ids {
         assert_eq!(after.get(id), before.get(id), "{id} untouched");
     }
+    // The status key went with the lost session; the new session writes it
+    // again.
+    status_with(&store, 4);
     std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running(&a), after, "nothing restarted after recovery");
     let log = a.log_text();
     assert_eq!(
         log.matches("action=create shop-web-3").count(),
         1,
         "created exactly once:\n{log}"
     );
+}
+
+#[test]
+fn store_outage_leaves_containers_running_and_a_later_change_applies_once_etcd() {
+    store_outage(Kind::Etcd);
+}
+
+#[test]
+fn store_outage_leaves_containers_running_and_a_later_change_applies_once_consul() {
+    store_outage(Kind::Consul);
+}
+
+#[test]
+fn store_outage_leaves_containers_running_and_a_later_change_applies_once_dir() {
+    store_outage(Kind::Dir);
 }
 
 /// Image gc: once a project no longer names an image, the agent drops it

@@ -821,7 +821,17 @@ impl Store for ConsulStore {
         }
     }
 
-    async fn register(&self, _session: &Session, reg: &Registration) -> Result<()> {
+    async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {
+        self.register_with_status(session, reg, Health::Passing)
+            .await
+    }
+
+    async fn register_with_status(
+        &self,
+        _session: &Session,
+        reg: &Registration,
+        status: Health,
+    ) -> Result<()> {
         let op = format!("registering service {}/{}", reg.name, reg.id);
         let body = json!({
             "ID": reg.id,
@@ -834,7 +844,7 @@ impl Store for ConsulStore {
                 "CheckID": format!("service:{}", reg.id),
                 "Name": format!("cntnr TTL check of {}", reg.id),
                 "TTL": format!("{}ms", reg.check_ttl.as_millis()),
-                "Status": "passing",
+                "Status": status.as_str(),
                 "DeregisterCriticalServiceAfter": format!("{}ms", reg.deregister_after.as_millis()),
             },
         });

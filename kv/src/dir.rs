@@ -446,11 +446,30 @@ impl DirStore {
 
     /// Opens (creating if needed) the store at `root` and starts its reaper
     /// (needs a tokio runtime). Reaps sessions of dead processes at once.
+    ///
+    /// A root this process opened before and whose `.cntnr/` is gone now
+    /// (the directory was moved or deleted under a running agent) is *not*
+    /// recreated: an empty store would tell the agent to remove every
+    /// container. The store opens, and every call that needs the writer
+    /// lock (lists, watches, writes, sessions) fails until it is back.
     pub fn open(root: &Path, opts: &ConnectOptions) -> Result<DirStore> {
+        static OPENED: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
         let meta = root.join(".cntnr");
-        for d in [meta.clone(), meta.join("sessions"), meta.join("locks")] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| Error::io("creating store directory", &d, e))?;
+        let reopened = !OPENED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(root.to_path_buf());
+        if reopened && !meta.is_dir() {
+            tracing::warn!(
+                root = %root.display(),
+                "dir store: the store directory vanished; not recreating it (store calls fail until it is back)"
+            );
+        } else {
+            for d in [meta.clone(), meta.join("sessions"), meta.join("locks")] {
+                std::fs::create_dir_all(&d)
+                    .map_err(|e| Error::io("creating store directory", &d, e))?;
+            }
         }
         let inner = Arc::new(Inner {
             root: root.to_path_buf(),
@@ -968,6 +987,28 @@ mod tests {
         assert!(check_dir_key(".cntnr/lock").is_err());
         assert!(check_dir_key("a/.b.tmp").is_err());
         check_dir_key("cntnr/projects/shop").unwrap();
+    }
+
+    /// A store directory moved away under a process that uses it is not
+    /// recreated empty by a reopen (the agent reconnects after a lost
+    /// session): calls fail until it is back, then see the old data.
+    #[tokio::test]
+    async fn a_vanished_root_is_not_recreated_by_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let opts = ConnectOptions::default();
+        let s = DirStore::open(&root, &opts).unwrap();
+        s.put("p/projects/shop", b"x").await.unwrap();
+        drop(s);
+        let away = tmp.path().join("away");
+        std::fs::rename(&root, &away).unwrap();
+        let s = DirStore::open(&root, &opts).unwrap();
+        assert!(!root.exists(), "reopen recreated the store directory");
+        assert!(s.list("p/projects/").await.is_err());
+        assert!(s.put("p/projects/other", b"y").await.is_err());
+        std::fs::rename(&away, &root).unwrap();
+        let snap = s.list("p/projects/").await.unwrap();
+        assert_eq!(snap.entries.len(), 1);
     }
 
     #[test]

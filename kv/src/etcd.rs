@@ -722,6 +722,15 @@ impl Store for EtcdStore {
         registry::register_record(self, &self.registry_prefix, session, reg).await
     }
 
+    async fn register_with_status(
+        &self,
+        session: &Session,
+        reg: &Registration,
+        status: Health,
+    ) -> Result<()> {
+        registry::register_record_with(self, &self.registry_prefix, session, reg, status).await
+    }
+
     async fn set_check(
         &self,
         session: &Session,

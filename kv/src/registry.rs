@@ -121,10 +121,21 @@ pub(crate) async fn register_record<S: Store + ?Sized>(
     session: &Session,
     reg: &Registration,
 ) -> Result<()> {
+    register_record_with(store, prefix, session, reg, Health::Passing).await
+}
+
+/// `Store::register_with_status` for the record-based backends: one write.
+pub(crate) async fn register_record_with<S: Store + ?Sized>(
+    store: &S,
+    prefix: &str,
+    session: &Session,
+    reg: &Registration,
+    status: Health,
+) -> Result<()> {
     let key = record_key(prefix, &reg.name, &reg.id)?;
-    store
-        .put_bound(session, &key, &Record::new(reg).encode())
-        .await?;
+    let mut rec = Record::new(reg);
+    rec.status = status;
+    store.put_bound(session, &key, &rec.encode()).await?;
     Ok(())
 }
 

@@ -39,6 +39,7 @@ pub struct Session {
     frozen: Arc<AtomicBool>,
     ops: Arc<dyn SessionOps>,
     lost_tx: Arc<watch::Sender<bool>>,
+    renewed: Arc<std::sync::Mutex<Instant>>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -58,6 +59,7 @@ impl Session {
         let lost_tx = Arc::new(lost_tx);
         let cancel = CancellationToken::new();
         let frozen = Arc::new(AtomicBool::new(false));
+        let renewed = Arc::new(std::sync::Mutex::new(Instant::now()));
         let task = tokio::spawn(keepalive(
             id.clone(),
             ttl,
@@ -65,6 +67,7 @@ impl Session {
             lost_tx.clone(),
             cancel.clone(),
             frozen.clone(),
+            renewed.clone(),
         ));
         Session {
             id,
@@ -74,8 +77,18 @@ impl Session {
             frozen,
             ops,
             lost_tx,
+            renewed,
             task: std::sync::Mutex::new(Some(task)),
         }
+    }
+
+    /// When the last successful renewal was sent (session start before the
+    /// first): the server keeps the session at least `ttl` past this, so
+    /// `renewed_at() + ttl` minus a margin (for the creation round trip) is
+    /// a deadline before which nobody else can take its locks, even if this
+    /// process freezes right now.
+    pub fn renewed_at(&self) -> Instant {
+        *self.renewed.lock().expect("session renewed_at")
     }
 
     /// Backend id: etcd lease id (decimal), Consul session UUID, dir session id.
@@ -151,6 +164,7 @@ async fn keepalive(
     lost_tx: Arc<watch::Sender<bool>>,
     cancel: CancellationToken,
     frozen: Arc<AtomicBool>,
+    renewed: Arc<std::sync::Mutex<Instant>>,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(100));
     let mut last_ok = Instant::now();
@@ -170,13 +184,15 @@ async fn keepalive(
             next = Instant::now() + period;
             continue;
         }
-        let renewed = tokio::select! {
+        let sent = Instant::now();
+        let result = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(deadline) => None,
             r = ops.renew(&id) => Some(r),
         };
-        match renewed {
+        match result {
             Some(Ok(true)) => {
+                *renewed.lock().expect("session renewed_at") = sent;
                 last_ok = Instant::now();
                 next = last_ok + period;
             }
@@ -243,6 +259,18 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!s.is_lost());
         assert!(ops.calls.load(Ordering::SeqCst) >= 19, "renews every TTL/3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewed_at_advances_only_with_successful_renewals() {
+        let ops = script(vec![]);
+        let s = Session::start("s".into(), Duration::from_secs(9), ops);
+        let t0 = s.renewed_at();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(s.renewed_at(), t0 + Duration::from_secs(3));
+        s.freeze_keepalive(true);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(s.renewed_at(), t0 + Duration::from_secs(3), "frozen");
     }
 
     #[tokio::test(start_paused = true)]

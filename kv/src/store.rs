@@ -313,6 +313,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// record under `<registry prefix>/<name>/<id>` bound to `session`.
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()>;
 
+    /// Like [`Store::register`], but with check status `status` from the
+    /// start (critical for an instance whose first check has not passed
+    /// yet), so it is never seen passing before it is ready. Idempotent.
+    /// Consul and etcd do it in one write; the default registers and then
+    /// sets the check.
+    async fn register_with_status(
+        &self,
+        session: &Session,
+        reg: &Registration,
+        status: Health,
+    ) -> Result<()> {
+        self.register(session, reg).await?;
+        if status != Health::Passing {
+            self.set_check(session, &reg.name, &reg.id, status, "")
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Sets the instance's TTL check status with an output line. Idempotent.
     /// Must be repeated within `check_ttl` to stay passing.
     async fn set_check(

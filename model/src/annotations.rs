@@ -181,9 +181,14 @@ pub fn parse_agent_settings(
                 continue;
             }
             let source = if let Some(k) = value.strip_prefix("kv:") {
-                ConfigKey::new(k)
-                    .map(EnvSource::Kv)
-                    .map_err(|e| e.to_string())
+                match ConfigKey::new(k) {
+                    // Stricter than a `..` segment: no key that even looks
+                    // like a way out of config/<project>/.
+                    Ok(_) if k.contains("..") => Err(format!(
+                        "invalid config key {k:?}: must not contain `..` (a project reads only its own config/<project>/ keys)"
+                    )),
+                    r => r.map(EnvSource::Kv).map_err(|e| e.to_string()),
+                }
             } else if let Some(n) = value.strip_prefix("service:") {
                 RegisteredName::new(n)
                     .map(EnvSource::Service)
@@ -404,6 +409,7 @@ mod tests {
         let (_, errs) = parse(&[
             ("cntnr.env.DB", "kv:../secret"),
             ("cntnr.env.X", "kv:/etc/passwd"),
+            ("cntnr.env.Z", "kv:a..b"),
             ("cntnr.env.Y", "file:/x"),
             ("cntnr.env.1BAD", "kv:a"),
             ("cntnr.env-on-change", "signal:SIGNOPE"),
@@ -419,7 +425,7 @@ mod tests {
             ("cntnr.on-disconnect-", "stop-after:0s"),
         ]);
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(errs.len(), 15, "{errs:?}");
+        assert_eq!(errs.len(), 16, "{errs:?}");
         assert!(keys.contains(&"cntnr.reschedule-after"));
         let od = errs
             .iter()
@@ -440,6 +446,7 @@ mod tests {
         let (_, zero) = parse(&[("cntnr.on-disconnect", "stop-after:0s")]);
         assert!(zero[0].1.contains("more than 0s"), "{zero:?}");
         assert!(keys.contains(&"cntnr.env.DB"));
+        assert!(keys.contains(&"cntnr.env.Z"));
         let typo = errs.iter().find(|(k, _)| k == "cntnr.elektion").unwrap();
         assert!(typo.1.contains("did you mean `cntnr.election`"), "{typo:?}");
         let reserved = errs.iter().find(|(k, _)| k == "cntnr.project").unwrap();

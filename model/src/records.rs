@@ -100,6 +100,13 @@ pub enum Health {
     Unhealthy,
 }
 
+/// The longest health check output a [`ContainerStatus`] carries.
+pub const HEALTH_OUTPUT_MAX: usize = 512;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// One container in a [`StatusRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
@@ -114,6 +121,13 @@ pub struct ContainerStatus {
     /// Health.
     #[serde(default)]
     pub health: Health,
+    /// Consecutive failed health checks (0 while passing or unchecked).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failing_streak: u32,
+    /// The last health check's output (trimmed, at most
+    /// [`HEALTH_OUTPUT_MAX`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_output: Option<String>,
     /// Restarts since creation.
     #[serde(default)]
     pub restarts: u32,
@@ -269,6 +283,8 @@ mod tests {
                 replica: 1,
                 state: ContainerState::Running,
                 health: Health::Healthy,
+                failing_streak: 1,
+                health_output: Some("HTTP 200".into()),
                 restarts: 2,
                 exit_code: Some(137),
                 last_error: Some("oom".into()),
@@ -283,6 +299,8 @@ mod tests {
         assert_eq!(j["containers"][0]["id"], "shop-web-1");
         assert_eq!(j["containers"][0]["state"], "running");
         assert_eq!(j["containers"][0]["health"], "healthy");
+        assert_eq!(j["containers"][0]["failing_streak"], 1);
+        assert_eq!(j["containers"][0]["health_output"], "HTTP 200");
     }
 
     #[test]

@@ -130,13 +130,17 @@ pub struct ServicePlan {
     /// this service's containers are created or recreated.
     pub depends_on: BTreeMap<ServiceName, DependencyCondition>,
     /// Whether this service's containers report health (a `healthcheck`, or
-    /// a `cntnr.check.*` probe). Health hook: a freshly (re)created
-    /// container of a checked service counts as [`Health::Starting`] for
-    /// `service_healthy` dependents; otherwise the observed
-    /// [`Observed::health`] decides, where [`Health::None`] (no result, or
-    /// no health checking yet) counts as healthy, i.e. `service_healthy` is
-    /// treated as `service_started`.
+    /// a `cntnr.check.*` probe). A freshly (re)created container of a
+    /// checked service counts as [`Health::Starting`] for `service_healthy`
+    /// dependents; otherwise the observed [`Observed::health`] decides
+    /// (the agent's health checker), where [`Health::None`] (a service
+    /// without checks) counts as healthy.
     pub health_checked: bool,
+    /// Whether an unhealthy container is stopped so that its restart policy
+    /// brings it back (`cntnr.health.on-failure: restart`, the default);
+    /// `false` only reports it (`none`). Only acts when the policy restarts
+    /// at all.
+    pub restart_unhealthy: bool,
     /// Time between the stop signal and SIGKILL.
     pub stop_grace: Duration,
 }
@@ -158,6 +162,8 @@ impl ServicePlan {
                 .map(|(s, d)| (s.clone(), d.condition))
                 .collect(),
             health_checked,
+            restart_unhealthy: spec.agent.health_on_failure
+                == cntnr_model::annotations::HealthOnFailure::Restart,
             stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
         }
     }
@@ -302,6 +308,13 @@ impl Observed {
             .and_then(Signal::parse)
             .unwrap_or(Signal::TERM)
     }
+
+    /// The grace recorded at create, else compose's default.
+    fn stop_grace(&self) -> Duration {
+        self.annotation(annotations::STOP_GRACE)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(DEFAULT_STOP_GRACE, Duration::from_millis)
+    }
 }
 
 /// Inputs that are not state: the time and the backoff knobs.
@@ -422,6 +435,19 @@ pub enum Action {
         /// Grace before SIGKILL.
         grace: Duration,
     },
+    /// An unhealthy container whose restart policy brings it back (see
+    /// [`ServicePlan::restart_unhealthy`]): send `signal`, wait up to
+    /// `grace`, then SIGKILL, and keep the container, so that the next plan
+    /// restarts it through the policy and its backoff. The agent records
+    /// the exit as a failure whatever its code.
+    Kill {
+        /// Container.
+        id: ContainerId,
+        /// Its stop signal.
+        signal: Signal,
+        /// Grace before SIGKILL.
+        grace: Duration,
+    },
     /// Delete the container and its bundle. It is stopped, or was left
     /// half-created by a crash, so the delete may have to be forced.
     Remove {
@@ -477,6 +503,7 @@ impl Action {
             Action::Create { id, .. }
             | Action::Start { id }
             | Action::Stop { id, .. }
+            | Action::Kill { id, .. }
             | Action::Remove { id }
             | Action::Recreate { id, .. }
             | Action::Restart { id, .. }
@@ -495,6 +522,7 @@ impl Action {
             Action::Create { .. } => "create",
             Action::Start { .. } => "start",
             Action::Stop { .. } => "stop",
+            Action::Kill { .. } => "kill",
             Action::Remove { .. } => "remove",
             Action::Recreate { .. } => "recreate",
             Action::Restart { .. } => "restart",
@@ -581,10 +609,12 @@ pub fn plan_stages(desired: &Desired, observed: &[Observed], ctx: &Context<'_>) 
     for (stage, o) in doomed {
         let id = o.state.id.clone();
         if !matches!(o.state.status, Status::Stopped | Status::Creating) {
+            // The service's grace; for a service (or project) gone from
+            // the store, the one recorded on the container.
             let grace = o
                 .annotation(annotations::SERVICE)
                 .and_then(|s| desired.services.get(s))
-                .map_or(DEFAULT_STOP_GRACE, |s| s.stop_grace);
+                .map_or_else(|| o.stop_grace(), |s| s.stop_grace);
             steps.push(Step {
                 stage,
                 action: Action::Stop {
@@ -692,6 +722,19 @@ fn replica_actions(
     match (same, o.state.status) {
         // A config change, or a create an agent crash left half-done.
         (false, _) | (_, Status::Creating) => build(Some(o)),
+        // Unhealthy, and its policy restarts it: kill it (the agent counts
+        // the exit as a failure); the next plan restarts it with backoff.
+        (true, Status::Running)
+            if o.health == Health::Unhealthy
+                && svc.is_some_and(|s| s.restart_unhealthy && s.restart.on != RestartOn::Never) =>
+        {
+            let stop = Action::Kill {
+                id: d.id.clone(),
+                signal: o.stop_signal(),
+                grace: svc.map_or(DEFAULT_STOP_GRACE, |s| s.stop_grace),
+            };
+            (vec![stop], Outlook::NotYet)
+        }
         (true, Status::Running) => (vec![nothing(Idle::UpToDate)], current_outlook(o)),
         (true, Status::Paused) => (vec![nothing(Idle::Paused)], current_outlook(o)),
         // Left between create and start (an agent crash): finish the job.

@@ -22,6 +22,9 @@ pub mod annotations {
     pub const NODE: &str = "cntnr.node";
     /// The stop signal (`SIGTERM` unless the service says otherwise).
     pub const STOP_SIGNAL: &str = "cntnr.stop-signal";
+    /// The service's `stop_grace_period` in milliseconds, when it sets one:
+    /// a container of a project gone from the store is stopped with it.
+    pub const STOP_GRACE: &str = "cntnr.stop-grace";
 }
 
 /// A runc container id, validated once (`[A-Za-z0-9][A-Za-z0-9_.-]*`, ≤ 128 chars).

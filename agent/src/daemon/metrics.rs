@@ -56,6 +56,17 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     action_failures: Family<ActionLabels, Counter>,
     containers: Family<StateLabels, Gauge>,
+    containers_health: Family<HealthLabels, Gauge>,
+    health_to_registry: Histogram,
+    health_probes: Gauge,
+}
+
+/// Labels naming a container health (`none`, `starting`, `healthy`,
+/// `unhealthy`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    /// The health.
+    pub health: String,
 }
 
 impl Default for Metrics {
@@ -131,8 +142,31 @@ impl Metrics {
             "This node's containers, by state (pending, created, running, paused, stopped, failed)",
             containers.clone(),
         );
+        let containers_health = Family::<HealthLabels, Gauge>::default();
+        registry.register(
+            "containers_health",
+            "This node's running containers, by health (none: no check; starting, healthy, \
+             unhealthy)",
+            containers_health.clone(),
+        );
+        let health_to_registry = Histogram::new(exponential_buckets(0.000_25, 2.0, 14));
+        registry.register(
+            "health_to_registry_seconds",
+            "Time from a health checker reporting a status change to the registry (Consul \
+             check, or services/ record) having accepted the new status",
+            health_to_registry.clone(),
+        );
+        let health_probes = Gauge::default();
+        registry.register(
+            "health_probes",
+            "Health probe rounds run since the agent started (all containers; read at scrape)",
+            health_probes.clone(),
+        );
         Metrics {
             registry,
+            health_probes,
+            containers_health,
+            health_to_registry,
             reconcile_seconds,
             actions,
             action_failures,
@@ -233,8 +267,31 @@ impl Metrics {
         }
     }
 
+    /// Sets the running containers by health from `health:<h>` keys
+    /// (healths not given are 0).
+    pub fn set_health(&self, counts: &std::collections::BTreeMap<&'static str, i64>) {
+        for h in ["none", "starting", "healthy", "unhealthy"] {
+            let n = counts
+                .iter()
+                .find(|(k, _)| k.strip_prefix("health:") == Some(h))
+                .map_or(0, |(_, n)| *n);
+            self.containers_health
+                .get_or_create(&HealthLabels {
+                    health: h.to_string(),
+                })
+                .set(n);
+        }
+    }
+
+    /// Records how long a health change took to reach the registry.
+    pub fn health_to_registry(&self, took: std::time::Duration) {
+        self.health_to_registry.observe(took.as_secs_f64());
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        self.health_probes
+            .set(i64::try_from(crate::health::checker::probes_total()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");

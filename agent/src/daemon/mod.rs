@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod reconciler;
+pub mod registrar;
 pub mod scheduler;
 pub mod signals;
 pub mod status;
@@ -310,6 +311,26 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The IP registered services are reached at: `--address` if it is one,
+/// else what it resolves to (first IPv4), else loopback.
+fn node_ip(address: &str) -> std::net::IpAddr {
+    if let Ok(ip) = address.parse() {
+        return ip;
+    }
+    use std::net::ToSocketAddrs;
+    let resolved = (address, 0u16).to_socket_addrs().ok().and_then(|mut a| {
+        let all: Vec<_> = a.by_ref().collect();
+        all.iter()
+            .find(|s| s.is_ipv4())
+            .or(all.first())
+            .map(|s| s.ip())
+    });
+    resolved.unwrap_or_else(|| {
+        tracing::warn!(%address, "--address is not an IP and does not resolve; registering services at 127.0.0.1");
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -425,6 +446,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         &policy,
         &args.insecure_registries,
     )?;
+    let health = registrar::Supervisor::start(
+        host.runc.clone(),
+        node.clone(),
+        node_ip(&address),
+        crate::registration::RegistrationTimings {
+            check_ttl: args.session_ttl,
+            ..Default::default()
+        },
+        &state_dir,
+    );
+    health.preload().await;
     let engine = Arc::new(reconciler::Engine::new(
         host,
         shared.clone(),
@@ -433,6 +465,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             parallel: usize::from(args.parallel),
             backoff: cntnr_reconcile::plan::Backoff::default(),
         },
+        health.clone(),
     ));
     let node_record = cntnr_model::records::NodeRecord {
         labels,
@@ -488,6 +521,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     .await;
 
+    health.shutdown();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     http_cancel.cancel();
     let _ = http_task.await;
@@ -538,7 +572,21 @@ impl Epoch {
         tracing::info!(session = %session.id(), backend = self.store.backend(), "session created");
 
         let cancel = shutdown.child_token();
-        // The node record first: once the agent reports ready, it is listed.
+        let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+        // The registry writer first: entries of running containers are
+        // refreshed (or re-created under this session) at once, even while
+        // the node record waits (e.g. for Consul's lock-delay).
+        tasks.spawn(named(
+            "registrar",
+            registrar::run(
+                self.store.clone(),
+                session.clone(),
+                self.engine.health().clone(),
+                shared.clone(),
+                cancel.clone(),
+            ),
+        ));
+        // The node record next: once the agent reports ready, it is listed.
         if let Err(e) = node::register(
             self.store.clone(),
             session.clone(),
@@ -548,11 +596,12 @@ impl Epoch {
         )
         .await
         {
+            cancel.cancel();
+            while tasks.join_next().await.is_some() {}
             shared.set_session(None);
             shared.link.down();
             return Outcome::Restart(format!("registering the node: {e:#}"));
         }
-        let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let (holder_tx, holder_rx) = watch::channel(None);
         tasks.spawn(named(

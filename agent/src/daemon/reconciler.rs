@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::desired::DesiredProject;
 use super::host::{failpoint, Host};
+use super::registrar::Supervisor;
 use super::status::StatusMsg;
 use super::Shared;
 
@@ -73,6 +74,8 @@ struct Memo {
     restart: RestartState,
     last_error: Option<String>,
     generation: Option<u64>,
+    /// Killed for being unhealthy: its exit counts as a failure.
+    killed_unhealthy: bool,
 }
 
 /// The reconciler's state; it outlives store sessions (containers and
@@ -88,6 +91,7 @@ pub struct Engine {
     failures: Mutex<BTreeMap<ProjectName, u32>>,
     last_status: Mutex<BTreeMap<ProjectName, StatusRecord>>,
     states: Mutex<BTreeMap<ProjectName, BTreeMap<&'static str, i64>>>,
+    health: Arc<Supervisor>,
 }
 
 /// How long a requeue after a change waits (lets a burst of exits settle).
@@ -101,7 +105,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Engine {
     /// An engine over `host`.
-    pub fn new(host: Host, shared: Arc<Shared>, tuning: Tuning) -> Engine {
+    pub fn new(host: Host, shared: Arc<Shared>, tuning: Tuning, health: Arc<Supervisor>) -> Engine {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -117,7 +121,13 @@ impl Engine {
             failures: Mutex::new(BTreeMap::new()),
             last_status: Mutex::new(BTreeMap::new()),
             states: Mutex::new(BTreeMap::new()),
+            health,
         }
+    }
+
+    /// Health checks and the registry's desired entries.
+    pub fn health(&self) -> &Arc<Supervisor> {
+        &self.health
     }
 
     /// The host machinery.
@@ -153,6 +163,7 @@ pub async fn run(
     for p in &found {
         let _ = triggers.send(p.clone());
     }
+    engine.health.set_triggers(Some(triggers.clone()));
     // Ready (READY=1) once every project known at the first sync, and every
     // project with containers here, has had a full pass.
     let mut synced = engine.shared.desired_changes();
@@ -247,6 +258,7 @@ pub async fn run(
     // Let in-flight passes finish their actions (the epoch's drain
     // deadline bounds this); watchers stop with this session.
     while running.join_next().await.is_some() {}
+    engine.health.set_triggers(None);
     for (_, w) in std::mem::take(&mut *lock(&engine.watchers)) {
         w.abort();
     }
@@ -386,6 +398,9 @@ impl Engine {
             })
             .collect();
         let now = SystemTime::now();
+        let spec_now = dp.as_ref().and_then(|p| p.spec.as_ref().ok());
+        self.health
+            .sync_project(project, spec_now, &mine, |id| self.started_at(id));
         let observed = self.observe(project, &mine, now, triggers);
 
         let mut errors: Vec<String> = Vec::new();
@@ -495,10 +510,14 @@ impl Engine {
                 Status::Creating => false,
             };
             let mut o = Observed::new(c.clone());
-            o.exit_code = memo.exit_code;
+            // A container killed for being unhealthy failed, whatever its
+            // exit code says (no code counts as a failure).
+            o.exit_code = memo
+                .exit_code
+                .filter(|c| !(memo.killed_unhealthy && *c == 0));
             o.started_at = memo.started_at;
             o.finished_at = memo.finished_at;
-            o.health = Health::None;
+            o.health = self.health.health(&c.id);
             o.restart = memo.restart.clone();
             out.push(o);
             if watch {
@@ -506,6 +525,12 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// When a running container started: as remembered, else guessed.
+    fn started_at(&self, id: &ContainerId) -> Option<SystemTime> {
+        let known = lock(&self.memos).get(id).and_then(|m| m.started_at);
+        known.or_else(|| self.started_guess(id))
     }
 
     /// When a running container we know nothing about started: the mtime
@@ -541,6 +566,7 @@ impl Engine {
             match r {
                 Ok(exit) => {
                     tracing::info!(container = %id2, code = ?exit.code, "container exited");
+                    engine.health.exited(&id2);
                     let mut memos = lock(&engine.memos);
                     let m = memos.entry(id2.clone()).or_default();
                     m.exit_code = exit.code;
@@ -718,19 +744,35 @@ impl Engine {
             Action::Start { id } => {
                 runc.start(id).await?;
                 self.mark_started(id);
+                self.health.started(project, spec, id).await;
                 failpoint("after-start");
             }
             Action::Stop { id, signal, grace } => {
+                self.health.before_stop(id).await;
                 let exit = runc.stop(id, *signal, *grace).await?;
+                self.health.exited(id);
                 let mut memos = lock(&self.memos);
                 let m = memos.entry(id.clone()).or_default();
                 m.exit_code = exit.and_then(|e| e.code);
                 m.finished_at = Some(SystemTime::now());
             }
+            Action::Kill { id, signal, grace } => {
+                lock(&self.memos)
+                    .entry(id.clone())
+                    .or_default()
+                    .killed_unhealthy = true;
+                self.health.before_stop(id).await;
+                self.kill_and_wait(id, *signal, *grace).await?;
+                self.health.exited(id);
+                let mut memos = lock(&self.memos);
+                let m = memos.entry(id.clone()).or_default();
+                m.finished_at.get_or_insert_with(SystemTime::now);
+            }
             Action::Remove { id } => {
                 runc.delete(id, true).await?;
                 self.remove_bundle(id).await?;
                 lock(&self.memos).remove(id);
+                self.health.removed(id);
             }
             Action::Recreate {
                 id,
@@ -744,14 +786,17 @@ impl Engine {
                 // Fetch first: an image that cannot be had leaves the old
                 // container running.
                 let image = self.ensure_image(svc).await?;
+                self.health.before_stop(id).await;
                 runc.stop(id, *signal, *grace).await?;
                 runc.delete(id, true).await?;
+                self.health.removed(id);
                 self.build_and_create(project, service, svc, *replica, config_hash, &image, id)
                     .await?;
                 self.reset_memo(id, generation);
                 failpoint("after-create");
                 runc.start(id).await?;
                 self.mark_started(id);
+                self.health.started(project, spec, id).await;
                 failpoint("after-start");
             }
             Action::Restart { id, backoff, .. } => {
@@ -761,13 +806,55 @@ impl Engine {
                 let mut memos = lock(&self.memos);
                 let m = memos.entry(id.clone()).or_default();
                 m.restart.restarted(*backoff, now);
+                m.killed_unhealthy = false;
                 m.started_at = Some(now);
                 m.exit_code = None;
                 m.finished_at = None;
+                drop(memos);
+                self.health.restarted(id);
             }
             Action::Nothing { .. } => {}
         }
         Ok(())
+    }
+
+    /// `signal`, up to `grace` for the exit, then SIGKILL; the container
+    /// stays (stopped) for its restart policy.
+    async fn kill_and_wait(
+        &self,
+        id: &ContainerId,
+        signal: cntnr_reconcile::runtime::Signal,
+        grace: Duration,
+    ) -> Result<()> {
+        let runc = &self.host.runc;
+        let exited = || async {
+            matches!(
+                runc.state(id).await,
+                Ok(None)
+                    | Ok(Some(ContainerState {
+                        status: Status::Stopped,
+                        ..
+                    }))
+            )
+        };
+        // Signal errors mean it already exited; the state check decides.
+        let _ = runc.kill(id, signal).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if exited().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = runc.kill(id, cntnr_reconcile::runtime::Signal::KILL).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            if exited().await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(anyhow!("{id}: still running 10s after SIGKILL"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -901,12 +988,15 @@ impl Engine {
                     .filter(|i| !matches!(i, Idle::UpToDate))
                     .map(ToString::to_string)
             });
+            let (health, failing_streak, health_output) = self.health.status_fields(&c.id);
             containers.push(ContainerStatus {
                 id: model_id,
                 service,
                 replica,
                 state,
-                health: Health::None,
+                health,
+                failing_streak,
+                health_output,
                 restarts: memo.restart.restarts,
                 exit_code: if c.status == Status::Stopped {
                     memo.exit_code
@@ -945,6 +1035,8 @@ impl Engine {
                         StatusState::Pending
                     },
                     health: Health::None,
+                    failing_streak: 0,
+                    health_output: None,
                     restarts: 0,
                     exit_code: None,
                     last_error: why,
@@ -969,6 +1061,9 @@ impl Engine {
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
         for c in &record.containers {
             *counts.entry(state_label(c.state)).or_insert(0) += 1;
+            if c.state == StatusState::Running {
+                *counts.entry(health_label(c.health)).or_insert(0) += 1;
+            }
         }
         lock(&self.states).insert(project.clone(), counts);
         self.publish_states();
@@ -983,6 +1078,17 @@ impl Engine {
             }
         }
         self.shared.metrics.set_containers(&total);
+        self.shared.metrics.set_health(&total);
+    }
+}
+
+/// Health counts share the per-project map with the states, prefixed.
+fn health_label(h: Health) -> &'static str {
+    match h {
+        Health::None => "health:none",
+        Health::Starting => "health:starting",
+        Health::Healthy => "health:healthy",
+        Health::Unhealthy => "health:unhealthy",
     }
 }
 

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 
-/// How long a burst of changes is coalesced before a pass.
+/// Passes are at least this far apart (a burst of changes is coalesced).
 const SETTLE: Duration = Duration::from_millis(50);
 
 /// Places every project while `leadership` holds; returns `Ok` on cancel
@@ -61,6 +61,7 @@ pub async fn run(
     // Written here, not yet seen back through the watch of schedule/.
     let mut written: BTreeMap<ProjectName, ScheduleRecord> = BTreeMap::new();
     let mut delay = Duration::from_millis(200);
+    let mut last_pass: Option<tokio::time::Instant> = None;
     // Since when each node is gone (Unix seconds).
     let mut gone: BTreeMap<NodeName, u64> = BTreeMap::new();
     // When placement must run again for a grace that ends.
@@ -96,8 +97,11 @@ pub async fn run(
                 Some(Ok(ev)) => apply_rebalance(&rdir, &mut rebalance, ev.kind, &ev.key),
             },
         }
-        // Coalesce the burst.
-        let settle = tokio::time::sleep(SETTLE);
+        // Coalesce a burst: a change right after a pass waits until SETTLE
+        // after that pass; a lone change is placed at once (a fixed wait
+        // here was most of a one-service deploy's latency).
+        let now = tokio::time::Instant::now();
+        let settle = tokio::time::sleep_until(last_pass.map_or(now, |t| (t + SETTLE).max(now)));
         tokio::pin!(settle);
         loop {
             tokio::select! {
@@ -117,9 +121,14 @@ pub async fn run(
             }
         }
         changes.borrow_and_update();
-        if !shared.is_synced() {
+        // This agent registered its node before campaigning: until the
+        // watch shows it, the node list is not loaded yet, and placing on
+        // it would unschedule every replica (seen on a restart, when a
+        // desired-state change arrives before the nodes listing).
+        if !shared.is_synced() || !nodes.contains_key(&shared.node) {
             continue;
         }
+        last_pass = Some(tokio::time::Instant::now());
         let state = PlaceState {
             nodes: &nodes,
             gone: &mut gone,

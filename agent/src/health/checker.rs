@@ -27,6 +27,14 @@ use super::state::{HealthPolicy, HealthState, ProbeResult};
 /// only guards against a probe that would not.
 pub const PROBE_GRACE: Duration = Duration::from_secs(10);
 
+/// Probe rounds run by every checker of this process (for `/metrics`).
+static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Probe rounds run by every checker of this process since it started.
+pub fn probes_total() -> u64 {
+    PROBES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A container's health as the rest of the agent sees it (status records,
 /// `cntnr ps`, `/metrics`, registration, `depends_on`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +204,7 @@ async fn run<P: Probe>(
             }),
         };
         probes += 1;
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let changed = state.observe(started_after, &result);
         let report = HealthReport::of(&state, probes);
         current.send_replace(report.clone());

@@ -464,3 +464,111 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A store a test owns and can take down: its own etcd or Consul server
+/// (persistent, so [`OwnedStore::up`] brings the data back), or a dir store
+/// whose directory is moved away.
+pub enum OwnedStore {
+    Etcd(cntnr_e2e::Etcd),
+    Consul(cntnr_e2e::Consul),
+    /// The dir store's root.
+    Dir(PathBuf),
+}
+
+impl TestStore {
+    /// A test store on a store of its own (see [`OwnedStore`]). Its raw
+    /// helpers know only the shared servers: read through the returned
+    /// [`OwnedStore`] instead.
+    pub fn owned(kind: Kind, name: &str) -> (TestStore, OwnedStore) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let owned = match kind {
+            Kind::Etcd => OwnedStore::Etcd(cntnr_e2e::Etcd::start()),
+            Kind::Consul => OwnedStore::Consul(cntnr_e2e::Consul::start()),
+            Kind::Dir => OwnedStore::Dir(tmp.path().join("store")),
+        };
+        let url = match &owned {
+            OwnedStore::Etcd(e) => e.store_url(),
+            OwnedStore::Consul(c) => c.store_url(),
+            OwnedStore::Dir(root) => format!("dir://{}", root.display()),
+        };
+        let prefix = format!(
+            "t{}-{}-{name}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let s = TestStore {
+            kind,
+            url,
+            prefix,
+            tmp,
+        };
+        (s, owned)
+    }
+}
+
+impl OwnedStore {
+    /// Where the dir store's directory is while it is down.
+    pub fn dir_away(root: &Path) -> PathBuf {
+        root.with_extension("down")
+    }
+
+    /// Takes the store down. A server is stopped (SIGTERM, waited for). A
+    /// dir store's directory is moved to [`OwnedStore::dir_away`]: every
+    /// store operation of the agent then fails (the writer lock file is
+    /// gone with it), as against a stopped server, while a client pointed
+    /// at the new path can still write "meanwhile".
+    pub fn down(&mut self) {
+        match self {
+            OwnedStore::Etcd(e) => e.stop(),
+            OwnedStore::Consul(c) => c.stop(),
+            OwnedStore::Dir(root) => {
+                std::fs::rename(&*root, Self::dir_away(root)).expect("moving the store away")
+            }
+        }
+    }
+
+    /// Brings the store back with its data.
+    pub fn up(&mut self) {
+        match self {
+            OwnedStore::Etcd(e) => e.restart(),
+            OwnedStore::Consul(c) => c.restart(),
+            OwnedStore::Dir(root) => {
+                std::fs::rename(Self::dir_away(root), &*root).expect("moving the store back")
+            }
+        }
+    }
+
+    /// Reads a key without going through cntnr (the store must be up).
+    pub fn get(&self, key: &str) -> Option<String> {
+        match self {
+            OwnedStore::Etcd(e) => {
+                let out = e.etcdctl(&["get", key, "--print-value-only"]);
+                assert!(out.status.success(), "etcdctl get: {out:?}");
+                let s = String::from_utf8_lossy(&out.stdout).into_owned();
+                s.strip_suffix('\n').map(str::to_string)
+            }
+            OwnedStore::Consul(c) => c.kv_get(key),
+            OwnedStore::Dir(root) => std::fs::read_to_string(root.join(key)).ok(),
+        }
+    }
+}
+
+/// SIGKILLs every `cntnr-shim` with an argument under `state` (an agent's
+/// state dir) and waits until they are gone; returns how many there were.
+pub fn kill_shims(state: &Path) -> usize {
+    let shims: Vec<u32> = procs_mentioning(state)
+        .into_iter()
+        .filter(|(_, argv)| argv.first().is_some_and(|a| a.ends_with("cntnr-shim")))
+        .map(|(pid, _)| pid)
+        .collect();
+    for pid in &shims {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+    }
+    wait_for(Duration::from_secs(10), "killed shims gone", || {
+        shims
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .then_some(())
+    });
+    shims.len()
+}

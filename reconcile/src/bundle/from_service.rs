@@ -109,7 +109,18 @@ impl ContainerRequest {
                 ModelNetwork::Host => NetworkMode::Host,
                 ModelNetwork::None => NetworkMode::None,
             },
-            annotations: spec.annotations.clone(),
+            annotations: {
+                // Kept on the container so a removal after the project is
+                // gone from the store still honours it.
+                let mut a = spec.annotations.clone();
+                if let Some(g) = spec.stop_grace_period {
+                    a.insert(
+                        crate::runtime::annotations::STOP_GRACE.to_string(),
+                        g.as_millis().to_string(),
+                    );
+                }
+                a
+            },
             bridge: None,
         }
     }

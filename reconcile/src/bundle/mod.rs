@@ -38,6 +38,9 @@
 //! replace it atomically (write a temp file in that dir, rename) whenever
 //! the project's replicas change, and the container sees the new file at
 //! once. A bind-mounted file would pin the old inode and never see a rename.
+//! The same holds for `/run/cntnr/env` and `/run/cntnr/leader`: `<bundle>/run`
+//! ([`run_dir`]) is mounted read-only at [`RUN_DIR_IN_CONTAINER`] before
+//! the hosts dir, which sits on its `net/`.
 
 mod from_service;
 pub mod idmap;
@@ -133,6 +136,28 @@ pub const HOSTS_DIR_IN_BUNDLE: &str = "net";
 /// same dir + rename), never in place.
 pub fn hosts_path(bundle: &Path) -> PathBuf {
     bundle.join(HOSTS_DIR_IN_BUNDLE).join("hosts")
+}
+
+/// Where the container's run dir is mounted (read-only): the agent's
+/// files for the container, `env` ([`env_path`]) and `leader`
+/// ([`leader_path`]); the hosts dir is mounted at `net/` under it.
+pub const RUN_DIR_IN_CONTAINER: &str = "/run/cntnr";
+
+/// The run dir of the container whose bundle dir is `bundle`, mounted at
+/// [`RUN_DIR_IN_CONTAINER`]. Replace files in it atomically (temp file in
+/// the same dir + rename), never in place.
+pub fn run_dir(bundle: &Path) -> PathBuf {
+    bundle.join("run")
+}
+
+/// `/run/cntnr/env`: synced variables, `KEY=VALUE` lines.
+pub fn env_path(bundle: &Path) -> PathBuf {
+    run_dir(bundle).join("env")
+}
+
+/// `/run/cntnr/leader`: the replica's election state.
+pub fn leader_path(bundle: &Path) -> PathBuf {
+    run_dir(bundle).join("leader")
 }
 
 /// Network mode.

@@ -366,6 +366,25 @@ pub(super) fn build(
     // /etc/hosts: a symlink into the read-only hosts dir, so the agent can
     // replace the file by rename (see the module docs).
     link_etc_hosts(rootfs)?;
+    // /run/cntnr: the agent's files for the container (`env`, `leader`),
+    // replaced by rename like the hosts file; `net/` is the mount point of
+    // the hosts dir below (made here: the read-only mount cannot get one).
+    let run_dir = super::run_dir(bundle);
+    fs::create_dir_all(run_dir.join("net")).map_err(ioe("creating the run dir", &run_dir))?;
+    mounts.push(
+        MountBuilder::default()
+            .destination(super::RUN_DIR_IN_CONTAINER)
+            .typ("bind")
+            .source(&run_dir)
+            .options(vec![
+                "rbind".to_string(),
+                "ro".into(),
+                "nosuid".into(),
+                "nodev".into(),
+                "noexec".into(),
+            ])
+            .build()?,
+    );
     let hosts_dir = bundle.join(super::HOSTS_DIR_IN_BUNDLE);
     mounts.push(
         MountBuilder::default()
@@ -985,6 +1004,22 @@ mod tests {
             Path::new("/run/cntnr/net/hosts")
         );
         assert!(rootfs.join("run/cntnr/net").is_dir(), "mount point made");
+        // /run/cntnr is the bundle's run dir, mounted before (under) net/.
+        let run = mount(&c, crate::bundle::RUN_DIR_IN_CONTAINER).expect("run dir mounted");
+        assert_eq!(
+            run["source"],
+            f.bundle().join("run").display().to_string().as_str()
+        );
+        assert!(run["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        assert!(f.bundle().join("run/net").is_dir(), "net mount point made");
+        let dests: Vec<&str> = c["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        let at = |d: &str| dests.iter().position(|x| *x == d).unwrap();
+        assert!(at(crate::bundle::RUN_DIR_IN_CONTAINER) < at(HOSTS_DIR));
         let hosts = fs::read_to_string(crate::bundle::hosts_path(&f.bundle())).unwrap();
         assert!(hosts.starts_with("127.0.0.1\tlocalhost web1\n"), "{hosts}");
         assert!(hosts.ends_with("192.0.2.1\tgw.example\n"), "{hosts}");

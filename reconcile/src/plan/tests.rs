@@ -190,6 +190,11 @@ fn apply(
                 assert_eq!(o.state.status, Status::Created, "start of {id}");
                 o.state.status = Status::Running;
             }
+            Action::Kill { id, .. } => {
+                let o = &mut obs[pos.unwrap_or_else(|| panic!("kill of missing {id}"))];
+                o.state.status = Status::Stopped;
+                o.exit_code = None;
+            }
             Action::Stop { id, .. } => {
                 let o = &mut obs[pos.unwrap_or_else(|| panic!("stop of missing {id}"))];
                 o.state.status = Status::Stopped;
@@ -574,6 +579,21 @@ fn a_project_gone_from_the_store_is_removed_entirely() {
             grace: DEFAULT_STOP_GRACE,
         }
     );
+    // The grace recorded on the container at create is honoured.
+    let mut graced = obs.clone();
+    graced[0]
+        .state
+        .annotations
+        .insert(annotations::STOP_GRACE.into(), "1500".into());
+    let got = plan(&d, &graced, &ctx_at(at(0.0), &NoJitter));
+    assert_eq!(
+        got[0],
+        Action::Stop {
+            id: ContainerId::new("shop-db-1").unwrap(),
+            signal: Signal::parse("QUIT").unwrap(),
+            grace: Duration::from_millis(1500),
+        }
+    );
     check(
         "project removed",
         &d,
@@ -869,4 +889,46 @@ fn remote_dependency_state_is_a_hook() {
     );
     let got = plan(&d, &[], &ctx_at(at(0.0), &NoJitter));
     assert_eq!(render(&got), ["create shop-api-1", "start shop-api-1"]);
+}
+
+#[test]
+fn an_unhealthy_container_is_stopped_only_when_its_policy_restarts_it() {
+    let table = [
+        ("restart: always", "  web: {image: web, restart: always, healthcheck: {test: [CMD, ok]}}\n", "kill shop-web-1"),
+        ("on-failure", "  web: {image: web, restart: on-failure, healthcheck: {test: [CMD, ok]}}\n", "kill shop-web-1"),
+        ("restart: no", "  web: {image: web, healthcheck: {test: [CMD, ok]}}\n", "nothing shop-web-1: up to date"),
+        (
+            "cntnr.health.on-failure: none",
+            "  web: {image: web, restart: always, healthcheck: {test: [CMD, ok]}, annotations: {cntnr.health.on-failure: none}}\n",
+            "nothing shop-web-1: up to date",
+        ),
+    ];
+    for (name, services, want) in table {
+        let p = project(services);
+        let d = desired(&p, &["web/1"]);
+        let obs = vec![observed(&p, "web/1 running health=unhealthy")];
+        let got = plan(&d, &obs, &ctx_at(at(0.0), &NoJitter));
+        assert_eq!(render(&got), [want], "{name}");
+        // Healthy or starting: never stopped.
+        for h in ["healthy", "starting"] {
+            let obs = vec![observed(&p, &format!("web/1 running health={h}"))];
+            let got = plan(&d, &obs, &ctx_at(at(0.0), &NoJitter));
+            assert_eq!(
+                render(&got),
+                ["nothing shop-web-1: up to date"],
+                "{name} {h}"
+            );
+        }
+    }
+    // After the stop, the policy restarts it (the agent records the exit
+    // of an unhealthy container as a failure: no exit code).
+    let p = project("  web: {image: web, restart: on-failure, healthcheck: {test: [CMD, ok]}}\n");
+    let d = desired(&p, &["web/1"]);
+    let mut o = observed(&p, "web/1 stopped");
+    o.exit_code = None;
+    let got = plan(&d, &[o], &ctx_at(at(0.0), &NoJitter));
+    assert!(
+        matches!(got.as_slice(), [Action::Restart { .. }]),
+        "{got:?}"
+    );
 }

@@ -7,9 +7,13 @@ use tokio::io::AsyncBufReadExt;
 
 impl Runc {
     pub(super) async fn create_impl(&self, id: &ContainerId, bundle: &Path) -> Result<()> {
-        if let Some(s) = self.state_impl(id).await? {
-            if !s.is_ours() {
-                return Err(RuntimeError::Foreign(id.to_string()));
+        // runc keeps `<root>/<id>/` for every container it knows: without
+        // it there is nothing to inspect (saves a runc process).
+        if self.cfg.root.join(id.as_str()).exists() {
+            if let Some(s) = self.state_impl(id).await? {
+                if !s.is_ours() {
+                    return Err(RuntimeError::Foreign(id.to_string()));
+                }
             }
         }
         self.create_unchecked(id, bundle).await
@@ -83,6 +87,9 @@ impl Runc {
         // if it exits while we run, init adopts it otherwise.
         drop(child);
         if line.trim() == "ok" {
+            if bundle_is_ours(bundle) {
+                self.created_ours().insert(id.clone());
+            }
             return Ok(());
         }
         let log = std::fs::read_to_string(&runc_log).unwrap_or_default();
@@ -96,6 +103,19 @@ impl Runc {
             stderr: runc_errors(&log).unwrap_or_else(|| line.trim().to_string()),
         })
     }
+}
+
+/// The bundle's `config.json` carries our annotations (what `runc state`
+/// of the container will report, and `is_ours` checks).
+fn bundle_is_ours(bundle: &Path) -> bool {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| {
+            v["annotations"]
+                .get(crate::runtime::annotations::PROJECT)
+                .is_some()
+        })
 }
 
 /// The `msg` of error/fatal lines of runc's JSON log.

@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 
 impl Runc {
     pub(super) async fn delete_impl(&self, id: &ContainerId, force: bool) -> Result<()> {
+        self.created_ours().remove(id);
         let Some(state) = self.ours(id).await? else {
             return Ok(());
         };

@@ -77,6 +77,11 @@ impl RuncConfig {
 #[derive(Clone, Debug)]
 pub struct Runc {
     cfg: RuncConfig,
+    /// Containers this driver created from a bundle carrying our
+    /// annotations and has not started or deleted since: their `start`
+    /// skips the `runc state` that proves them ours (one runc process less
+    /// on the create → running path).
+    created_ours: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<ContainerId>>>,
 }
 
 impl Runc {
@@ -89,7 +94,14 @@ impl Runc {
         ] {
             std::fs::create_dir_all(&d)?;
         }
-        Ok(Self { cfg })
+        Ok(Self {
+            cfg,
+            created_ours: Default::default(),
+        })
+    }
+
+    fn created_ours(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<ContainerId>> {
+        self.created_ours.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The configuration.

@@ -56,11 +56,35 @@ impl Runc {
                         id: id.to_string(),
                         detail: e.to_string(),
                     })?;
-                convert("state", s).map(Some)
+                convert("state", s).map(|st| Some(self.shim_check(st)))
             }
             Err(e) if is_not_exist(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// A `created` container whose shim is gone (killed, while the agent
+    /// that created it was down) can never run properly: its stdio went
+    /// with the shim, and nobody reaps it. Reported as
+    /// [`Status::Creating`] (half-created), which the plan recreates.
+    /// Without a shim pid file (not created through this driver) the state
+    /// is left as runc says.
+    fn shim_check(&self, mut st: ContainerState) -> ContainerState {
+        if st.status != Status::Created {
+            return st;
+        }
+        let Ok(pid) = std::fs::read_to_string(self.run_file(&st.id, "shim")) else {
+            return st;
+        };
+        // The pid may have been reused: the shim's argv names the container.
+        let alive = pid.trim().parse::<u32>().ok().is_some_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == st.id.as_str().as_bytes()))
+        });
+        if !alive {
+            st.status = Status::Creating;
+        }
+        st
     }
 
     pub(super) async fn list_impl(&self) -> Result<Vec<ContainerState>> {
@@ -85,7 +109,7 @@ impl Runc {
         for s in all.unwrap_or_default() {
             let st = convert("list", s)?;
             if st.is_ours() {
-                ours.push(st);
+                ours.push(self.shim_check(st));
             }
         }
         Ok(ours)
