@@ -89,6 +89,37 @@ pub struct AgentSettings {
     pub drain: Duration,
     /// `cntnr.health.on-failure`: what an unhealthy container gets.
     pub health_on_failure: HealthOnFailure,
+    /// `cntnr.reschedule-after`: how long the leader keeps a replica on a
+    /// node that left `nodes/` before moving it elsewhere; `None` means
+    /// [`DEFAULT_RESCHEDULE_AFTER`]. Use [`AgentSettings::reschedule_after`].
+    pub reschedule_after: Option<Duration>,
+    /// `cntnr.on-disconnect`: what a node that lost the store does with
+    /// this service's containers.
+    pub on_disconnect: OnDisconnect,
+}
+
+/// The grace period of `cntnr.reschedule-after` when it is not set.
+pub const DEFAULT_RESCHEDULE_AFTER: Duration = Duration::from_secs(30);
+
+impl AgentSettings {
+    /// `cntnr.reschedule-after`, or its default (30 s).
+    pub fn reschedule_after(&self) -> Duration {
+        self.reschedule_after.unwrap_or(DEFAULT_RESCHEDULE_AFTER)
+    }
+}
+
+/// `cntnr.on-disconnect`: `keep` (default: a node that loses the store
+/// keeps the containers running) or `stop-after:<duration>` (it stops them
+/// once it has been disconnected that long; for singletons that must never
+/// run twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDisconnect {
+    /// Keep running.
+    #[default]
+    Keep,
+    /// Stop after this long disconnected.
+    StopAfter(Duration),
 }
 
 /// `cntnr.health.on-failure`: `restart` (default: an unhealthy container is
@@ -124,6 +155,8 @@ const KNOWN: &[&str] = &[
     "cntnr.check.tcp",
     "cntnr.drain",
     "cntnr.health.on-failure",
+    "cntnr.reschedule-after",
+    "cntnr.on-disconnect",
 ];
 
 fn parse_port(v: &str) -> Option<u16> {
@@ -254,6 +287,23 @@ pub fn parse_agent_settings(
                 "none" => s.health_on_failure = HealthOnFailure::None,
                 v => err(format!("invalid value {v:?}: must be restart or none")),
             },
+            "cntnr.reschedule-after" => match parse_duration(value) {
+                Ok(d) => s.reschedule_after = Some(d),
+                Err(e) => err(e),
+            },
+            "cntnr.on-disconnect" => match value.as_str() {
+                "keep" => s.on_disconnect = OnDisconnect::Keep,
+                v => match v.strip_prefix("stop-after:").map(parse_duration) {
+                    Some(Ok(d)) if !d.is_zero() => s.on_disconnect = OnDisconnect::StopAfter(d),
+                    Some(Ok(_)) => err(format!(
+                        "invalid value {v:?}: the duration of stop-after must be more than 0s"
+                    )),
+                    Some(Err(e)) => err(e),
+                    None => err(format!(
+                        "invalid value {v:?}: must be keep or stop-after:<duration> (e.g. stop-after:30s)"
+                    )),
+                },
+            },
             k if RESERVED.contains(&k) => {
                 err("reserved: the agent sets this annotation on every container".to_string())
             }
@@ -297,6 +347,8 @@ mod tests {
             ("cntnr.check.tcp", "5432"),
             ("cntnr.drain", "5s"),
             ("cntnr.health.on-failure", "none"),
+            ("cntnr.reschedule-after", "1m30s"),
+            ("cntnr.on-disconnect", "stop-after:5s"),
             ("org.example.other", "kept"),
         ]);
         assert!(errs.is_empty(), "{errs:?}");
@@ -322,10 +374,26 @@ mod tests {
         assert_eq!(s.check_tcp, Some(5432));
         assert_eq!(s.drain, Duration::from_secs(5));
         assert_eq!(s.health_on_failure, HealthOnFailure::None);
+        assert_eq!(s.reschedule_after(), Duration::from_secs(90));
+        assert_eq!(
+            s.on_disconnect,
+            OnDisconnect::StopAfter(Duration::from_secs(5))
+        );
         assert_eq!(
             AgentSettings::default().health_on_failure,
             HealthOnFailure::Restart
         );
+        assert_eq!(
+            AgentSettings::default().reschedule_after(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(AgentSettings::default().on_disconnect, OnDisconnect::Keep);
+        let (s, errs) = parse(&[
+            ("cntnr.reschedule-after", "0s"),
+            ("cntnr.on-disconnect", "keep"),
+        ]);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(s.reschedule_after(), Duration::ZERO);
         let (_, errs) = parse(&[("cntnr.health.on-failure", "ignore")]);
         assert_eq!(
             errs,
@@ -352,9 +420,31 @@ mod tests {
             ("cntnr.check.http", "healthz"),
             ("cntnr.project", "x"),
             ("cntnr.elektion", "true"),
+            ("cntnr.reschedule-after", "soon"),
+            ("cntnr.on-disconnect", "stop"),
+            ("cntnr.on-disconnect-", "stop-after:0s"),
         ]);
         let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(errs.len(), 13, "{errs:?}");
+        assert_eq!(errs.len(), 16, "{errs:?}");
+        assert!(keys.contains(&"cntnr.reschedule-after"));
+        let od = errs
+            .iter()
+            .find(|(k, _)| k == "cntnr.on-disconnect")
+            .unwrap();
+        assert_eq!(
+            od.1,
+            "invalid value \"stop\": must be keep or stop-after:<duration> (e.g. stop-after:30s)"
+        );
+        let typo = errs
+            .iter()
+            .find(|(k, _)| k == "cntnr.on-disconnect-")
+            .unwrap();
+        assert!(
+            typo.1.contains("did you mean `cntnr.on-disconnect`"),
+            "{typo:?}"
+        );
+        let (_, zero) = parse(&[("cntnr.on-disconnect", "stop-after:0s")]);
+        assert!(zero[0].1.contains("more than 0s"), "{zero:?}");
         assert!(keys.contains(&"cntnr.env.DB"));
         assert!(keys.contains(&"cntnr.env.Z"));
         let typo = errs.iter().find(|(k, _)| k == "cntnr.elektion").unwrap();

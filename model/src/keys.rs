@@ -122,6 +122,14 @@ impl Prefix {
         format!("{}/schedule/", self.0)
     }
 
+    /// `<prefix>/rebalance/`: operators' requests (`cntnr rebalance
+    /// PROJECT` writes `rebalance/<project>`) that the leader place a
+    /// project from scratch; the leader deletes a request once it has
+    /// written the new schedule.
+    pub fn rebalance_dir(&self) -> String {
+        format!("{}/rebalance/", self.0)
+    }
+
     /// `<prefix>/status/<project>/`: every node's status of a project.
     pub fn status_dir(&self, project: &ProjectName) -> String {
         format!("{}/status/{project}/", self.0)

@@ -45,7 +45,8 @@ pub mod units;
 pub mod validate;
 
 pub use annotations::{
-    AgentSettings, EnvMissing, EnvOnChange, EnvSource, HealthOnFailure, HttpCheck,
+    AgentSettings, EnvMissing, EnvOnChange, EnvSource, HealthOnFailure, HttpCheck, OnDisconnect,
+    DEFAULT_RESCHEDULE_AFTER,
 };
 pub use error::{Diagnostic, ErrorKind, LoadError};
 pub use hash::{config_hash, ConfigHash, HASH_VERSION};

@@ -45,6 +45,12 @@ pub struct ScheduleRecord {
     pub generation: u64,
     /// Service → replica number → node.
     pub services: BTreeMap<ServiceName, BTreeMap<Replica, NodeName>>,
+    /// Nodes of `services` that are gone from `nodes/` (their replicas are
+    /// kept there during the grace of `cntnr.reschedule-after`) and since
+    /// when (Unix seconds), so a new leader keeps counting from the same
+    /// moment instead of rescheduling at once or starting the grace anew.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gone_since: BTreeMap<NodeName, u64>,
 }
 
 impl ScheduleRecord {
@@ -292,6 +298,7 @@ mod tests {
                 [(1, n1.clone()), (2, n2.clone())].into(),
             )]
             .into(),
+            gone_since: BTreeMap::new(),
         };
         let j = round_trip(&s);
         assert_eq!(j["services"]["web"]["2"], "n2");

@@ -9,10 +9,14 @@
 //!
 //! 1. **Sticky.** A replica of the previous schedule stays on its node while
 //!    that node is live and still eligible (constraints, per-node limits), or
-//!    while the node is lost but within its grace period
-//!    ([`Cluster::in_grace`], issue 9). Nothing else ever moves a replica:
-//!    a joining node takes only new replicas (an explicit rebalance is a
-//!    schedule computed with no previous schedule).
+//!    while the node is gone but within the service's grace period
+//!    (`cntnr.reschedule-after`, default 30 s, counted from
+//!    [`Cluster::gone_since`] to [`Cluster::now`]); such a replica is also
+//!    listed as pending ([`PendingReason::NodeGone`]) and
+//!    [`Schedule::recheck_at`] says when the caller must run placement
+//!    again. Nothing else ever moves a replica: a joining node takes only
+//!    new replicas (`cntnr rebalance` is a schedule computed with no
+//!    previous schedule).
 //! 2. **Scale.** Replicated services run replicas `1..=deploy.replicas`;
 //!    scaling down drops the highest numbers. Global services run one
 //!    replica on every eligible live node; a new node gets the lowest free
@@ -61,14 +65,19 @@ pub type Placement = BTreeMap<ServiceName, BTreeMap<Replica, NodeName>>;
 pub struct Cluster {
     /// Live nodes (those with a `nodes/<node>` record) and their labels.
     pub live: BTreeMap<NodeName, Labels>,
-    /// Nodes that are gone from `nodes/` but still within their grace period
-    /// (issue 9: `cntnr.reschedule-after`, default 30 s; the leader tracks
-    /// when each node disappeared). Their replicas stay where they are; no
-    /// new replica goes to them. Their labels are no longer known, so only
-    /// `node.hostname` constraints are re-checked for them; label constraints
-    /// are assumed to hold as they did when the replica was placed. A node
-    /// that is both live and listed here counts as live.
-    pub in_grace: BTreeSet<NodeName>,
+    /// Nodes gone from `nodes/` and since when (Unix seconds; the leader
+    /// tracks it and keeps it in [`ScheduleRecord::gone_since`]). A
+    /// replica on such a node stays there while `now < since +
+    /// cntnr.reschedule-after` of its service; no new replica goes to
+    /// them. Their labels are no longer known, so only `node.hostname`
+    /// constraints are re-checked for them; label constraints are assumed
+    /// to hold as they did when the replica was placed. A node that is both
+    /// live and listed here counts as live; a node that is neither is gone
+    /// past any grace.
+    pub gone_since: BTreeMap<NodeName, u64>,
+    /// The time (Unix seconds) `gone_since` is compared with. The function
+    /// reads no clock.
+    pub now: u64,
     /// Replicas of *other* projects per node (see [`node_load`]), used to
     /// prefer the least-loaded node. Empty: only this project's replicas
     /// count.
@@ -170,6 +179,16 @@ pub enum PendingReason {
         /// How many nodes are eligible.
         eligible: usize,
     },
+    /// The replica is placed on a node that is gone from `nodes/`; it stays
+    /// there until the grace ends, then moves (if a node is eligible).
+    NodeGone {
+        /// The node.
+        node: NodeName,
+        /// Since when it is gone (Unix seconds).
+        since: u64,
+        /// The service's `cntnr.reschedule-after`, in seconds.
+        grace: u64,
+    },
 }
 
 impl fmt::Display for PendingReason {
@@ -223,6 +242,12 @@ impl fmt::Display for PendingReason {
                     }
                 }
             }
+            // No "for how long": the line must not change while nothing
+            // else does (status is rewritten on change only).
+            PendingReason::NodeGone { node, grace, .. } => write!(
+                f,
+                "node {node} is gone; kept there until its cntnr.reschedule-after ({grace}s) ends, then moved"
+            ),
             PendingReason::NodesFull { limit, eligible } => {
                 let all = if *eligible == 1 { "the" } else { "all" };
                 write!(
@@ -289,8 +314,15 @@ pub struct Schedule {
     /// Service → replica → node, for every service of the project (a service
     /// with no placed replica has an empty map).
     pub services: Placement,
-    /// Replicas that fit nowhere, in service then replica order.
+    /// Replicas that fit nowhere, or wait on a gone node
+    /// ([`PendingReason::NodeGone`]), in service then replica order.
     pub pending: Vec<Pending>,
+    /// The gone nodes that still hold replicas of `services`, and since
+    /// when (copied from [`Cluster::gone_since`]).
+    pub gone_since: BTreeMap<NodeName, u64>,
+    /// When (Unix seconds) the earliest grace of a replica kept on a gone
+    /// node ends: placement must run again then.
+    pub recheck_at: Option<u64>,
 }
 
 impl Schedule {
@@ -306,13 +338,15 @@ impl Schedule {
             leader,
             generation,
             services: self.services,
+            gone_since: self.gone_since,
         }
     }
 
     /// Whether `previous` already places every replica exactly as this
-    /// schedule does (the leader then need not write).
+    /// schedule does, with the same gone nodes (the leader then need not
+    /// write).
     pub fn same_placement(&self, previous: Option<&ScheduleRecord>) -> bool {
-        previous.is_some_and(|p| p.services == self.services)
+        previous.is_some_and(|p| p.services == self.services && p.gone_since == self.gone_since)
     }
 }
 
@@ -341,6 +375,9 @@ pub fn schedule(
         .map(|(s, spec)| (s, Rules::of(spec)))
         .collect();
 
+    let mut pending = Vec::new();
+    let mut gone_since = BTreeMap::new();
+    let mut recheck_at: Option<u64> = None;
     // Pass 1: keep every replica that may stay where it is, across all
     // services, so that pass 2 sees this project's whole sticky load.
     for (svc, spec) in &project.services {
@@ -356,6 +393,21 @@ pub fn schedule(
             if wanted && *count < rules.cap && rules.may_stay(node, cluster) {
                 *count += 1;
                 kept.insert(r, node.clone());
+                if !cluster.live.contains_key(node) {
+                    let since = cluster.gone_since[node];
+                    gone_since.insert(node.clone(), since);
+                    let end = since.saturating_add(rules.grace);
+                    recheck_at = Some(recheck_at.map_or(end, |t| t.min(end)));
+                    pending.push(Pending {
+                        service: svc.clone(),
+                        replica: Some(r),
+                        reason: PendingReason::NodeGone {
+                            node: node.clone(),
+                            since,
+                            grace: rules.grace,
+                        },
+                    });
+                }
             }
         }
         for node in kept.values() {
@@ -367,7 +419,6 @@ pub fn schedule(
     // Pass 2: place what is missing, service by service. A node where
     // another service of the project already publishes an overlapping host
     // port takes no replica of this one.
-    let mut pending = Vec::new();
     for (svc, spec) in &project.services {
         let rules = &all_rules[svc];
         let blocked = port_clashes(svc, &all_rules, &placed);
@@ -434,9 +485,13 @@ pub fn schedule(
         }
     }
 
+    // Stable: pass 2 lists replicas in order within a service.
+    pending.sort_by(|a, b| (&a.service, a.replica).cmp(&(&b.service, b.replica)));
     Schedule {
         services: placed,
         pending,
+        gone_since,
+        recheck_at,
     }
 }
 
@@ -504,6 +559,8 @@ struct Rules<'a> {
     limit: Option<NodeLimit>,
     /// Published host ports.
     published: Vec<Published>,
+    /// `cntnr.reschedule-after`, in seconds.
+    grace: u64,
 }
 
 impl<'a> Rules<'a> {
@@ -535,6 +592,7 @@ impl<'a> Rules<'a> {
             (_, None) => u32::MAX,
         };
         Rules {
+            grace: spec.agent.reschedule_after().as_secs(),
             constraints: &spec.deploy.placement.constraints,
             cap,
             limit,
@@ -563,7 +621,10 @@ impl<'a> Rules<'a> {
         if let Some(labels) = cluster.live.get(node) {
             return self.eligible(node, labels);
         }
-        cluster.in_grace.contains(node)
+        cluster
+            .gone_since
+            .get(node)
+            .is_some_and(|since| cluster.now < since.saturating_add(self.grace))
             && self
                 .constraints
                 .iter()

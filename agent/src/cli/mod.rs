@@ -21,6 +21,7 @@ pub mod ls;
 pub mod nodes;
 pub mod plan;
 pub mod ps;
+pub mod rebalance;
 pub mod rm;
 pub mod services;
 pub mod validate;
@@ -70,6 +71,9 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Remove a project from the store; the agents stop its containers.
     Rm(rm::RmArgs),
+    /// Ask the leader to place a project from scratch (existing replicas
+    /// otherwise never move to a node that joins).
+    Rebalance(rebalance::RebalanceArgs),
     /// List deployed projects, with a status summary.
     Ls,
     /// Every container on every node, from the status the agents report.
@@ -142,6 +146,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Deploy(a) => deploy::run(&ctx, a).await,
         Command::Plan(a) => plan::run(&ctx, a).await,
         Command::Rm(a) => rm::run(&ctx, a).await,
+        Command::Rebalance(a) => rebalance::run(&ctx, a).await,
         Command::Ls => ls::run(&ctx).await,
         Command::Ps(a) => ps::run(&ctx, a).await,
         Command::Nodes => nodes::run(&ctx).await,

@@ -245,7 +245,17 @@ pub async fn run(ctx: &Ctx, args: &PlanArgs) -> Result<()> {
     }
     current.retain(|_, cs| !cs.is_empty());
 
-    let cluster = crate::daemon::scheduler::cluster_for(&name, &nodes, schedules.iter());
+    let mut cluster = crate::daemon::scheduler::cluster_for(&name, &nodes, schedules.iter());
+    // Gone nodes as the leader sees them (from the records; a node no
+    // record dates is taken as gone from now, as a new leader would).
+    let now = crate::daemon::now_secs();
+    crate::daemon::scheduler::note_gone_nodes(
+        &mut cluster.gone_since,
+        &nodes,
+        schedules.values(),
+        now,
+    );
+    cluster.now = now;
     let placed = schedule(&project, &cluster, schedules.get(&name));
     let plan = compute(&project, placed, &current);
 

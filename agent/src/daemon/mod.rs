@@ -12,7 +12,9 @@
 //! Every task takes a [`CancellationToken`] and is joined before its epoch
 //! ends; none is detached.
 
+pub mod audit;
 pub mod desired;
+pub mod disconnect;
 pub mod election;
 pub mod host;
 pub mod http;
@@ -170,6 +172,8 @@ pub struct Shared {
     /// Replicas the leader could not place, per project (this agent's
     /// view while it leads; empty otherwise), one line each.
     pub unplaced: Mutex<BTreeMap<cntnr_model::ProjectName, Vec<String>>>,
+    /// Whether a store session is held (`cntnr.on-disconnect`).
+    pub link: disconnect::Link,
     leader: Mutex<LeaderView>,
     session: Mutex<Option<String>>,
     synced: AtomicBool,
@@ -416,6 +420,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         desired: Mutex::new(DesiredState::default()),
         desired_rev: watch::channel(0).0,
         unplaced: Mutex::new(BTreeMap::new()),
+        link: disconnect::Link::default(),
         leader: Mutex::new(LeaderView::default()),
         session: Mutex::new(None),
         synced: AtomicBool::new(false),
@@ -477,6 +482,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     tracing::info!(node = %node, store = %config.url, listen = %args.listen, "cntnr-agent starting");
     let http_cancel = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(listener, shared.clone(), http_cancel.clone()));
+    let disconnect_task = tokio::spawn(disconnect::run(
+        engine.clone(),
+        shared.clone(),
+        http_cancel.clone(),
+    ));
 
     let result = async {
         let mut restart_delay = Duration::from_millis(500);
@@ -516,6 +526,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     http_cancel.cancel();
     let _ = http_task.await;
+    let _ = disconnect_task.await;
     stop_signals.cancel();
     let _ = signal_task.await;
     if result.is_ok() {
@@ -558,6 +569,7 @@ impl Epoch {
         };
         shared.metrics.session_created();
         shared.set_session(Some(session.id().to_string()));
+        shared.link.up();
         tracing::info!(session = %session.id(), backend = self.store.backend(), "session created");
 
         let cancel = shutdown.child_token();
@@ -588,6 +600,7 @@ impl Epoch {
             cancel.cancel();
             while tasks.join_next().await.is_some() {}
             shared.set_session(None);
+            shared.link.down();
             return Outcome::Restart(format!("registering the node: {e:#}"));
         }
         let (status_tx, status_rx) = mpsc::unbounded_channel();
@@ -659,6 +672,9 @@ impl Epoch {
                 },
             }
         };
+        if matches!(outcome, Outcome::Restart(_)) {
+            shared.link.down();
+        }
 
         // Drain: stop the loops (the campaign resigns), flush status, then
         // revoke the session so nodes/<node> and status keys go at once.

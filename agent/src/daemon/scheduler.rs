@@ -9,8 +9,22 @@
 //! burst of changes is coalesced into one pass. An invalid project keeps its
 //! previous schedule (its last good containers keep running); the schedule
 //! of a project removed from the store is deleted.
+//!
+//! Node loss (issue 9): the leader remembers since when each node is gone
+//! from `nodes/` (a delete event, else the `gone_since` of the schedule
+//! records a former leader wrote, else the first pass that finds it
+//! missing), passes it to [`schedule`] with the current time, and writes it
+//! into the records; it sleeps until the earliest grace ends
+//! ([`cntnr_reconcile::schedule::Schedule::recheck_at`]) and places again
+//! then. A new leader therefore neither reschedules at once nor restarts
+//! the grace of a node a former leader already saw leave.
+//!
+//! Rebalance: `cntnr rebalance PROJECT` writes `rebalance/<project>`; the
+//! leader follows `rebalance/` with a watch, places that project with no
+//! previous schedule (from scratch), writes it, and then deletes the
+//! request. A request outlives a leader change (the next leader lists it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +32,7 @@ use anyhow::Result;
 use cntnr_kv::{DynStore, EventKind, Leadership, WatchFrom};
 use cntnr_model::records::{NodeRecord, ScheduleRecord};
 use cntnr_model::{NodeName, ProjectName, StoreKey};
-use cntnr_reconcile::schedule::{node_load, schedule, Cluster};
+use cntnr_reconcile::schedule::{node_load, schedule, Cluster, PendingReason};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -40,14 +54,26 @@ pub async fn run(
     let mut changes = shared.desired_changes();
     let mut nodes: BTreeMap<NodeName, NodeRecord> = BTreeMap::new();
     let mut watch = store.watch(&ndir, WatchFrom::Start);
+    let rdir = prefix.rebalance_dir();
+    let mut rwatch = store.watch(&rdir, WatchFrom::Start);
+    // Projects an operator asked to place from scratch.
+    let mut rebalance: BTreeSet<ProjectName> = BTreeSet::new();
     // Written here, not yet seen back through the watch of schedule/.
     let mut written: BTreeMap<ProjectName, ScheduleRecord> = BTreeMap::new();
     let mut delay = Duration::from_millis(200);
     let mut last_pass: Option<tokio::time::Instant> = None;
+    // Since when each node is gone (Unix seconds).
+    let mut gone: BTreeMap<NodeName, u64> = BTreeMap::new();
+    // When placement must run again for a grace that ends.
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
         // Wait for a change (the first pass runs once nodes are listed).
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = sleep_until(recheck) => {
+                recheck = None;
+                tracing::info!("a grace period ended: placing again");
+            }
             ev = watch.next() => match ev {
                 None => anyhow::bail!("the watch of {ndir} ended"),
                 Some(Err(e)) => {
@@ -57,10 +83,19 @@ pub async fn run(
                 }
                 Some(Ok(ev)) => {
                     shared.metrics.watch_event("nodes");
-                    apply_node(&prefix, &mut nodes, ev.kind, &ev.key, &ev.value);
+                    apply_node(&prefix, &mut nodes, &mut gone, ev.kind, &ev.key, &ev.value);
                 }
             },
             r = changes.changed() => if r.is_err() { return Ok(()) },
+            ev = rwatch.next() => match ev {
+                None => anyhow::bail!("the watch of {rdir} ended"),
+                Some(Err(e)) => {
+                    shared.metrics.store_error("watch");
+                    tracing::warn!(error = %e, "rebalance watch error (it resumes by itself)");
+                    continue;
+                }
+                Some(Ok(ev)) => apply_rebalance(&rdir, &mut rebalance, ev.kind, &ev.key),
+            },
         }
         // Coalesce a burst: a change right after a pass waits until SETTLE
         // after that pass; a lone change is placed at once (a fixed wait
@@ -74,10 +109,15 @@ pub async fn run(
                 _ = cancel.cancelled() => return Ok(()),
                 ev = watch.next() => match ev {
                     None => anyhow::bail!("the watch of {ndir} ended"),
-                    Some(Ok(ev)) => apply_node(&prefix, &mut nodes, ev.kind, &ev.key, &ev.value),
+                    Some(Ok(ev)) => apply_node(&prefix, &mut nodes, &mut gone, ev.kind, &ev.key, &ev.value),
                     Some(Err(_)) => shared.metrics.store_error("watch"),
                 },
                 r = changes.changed() => if r.is_err() { return Ok(()) },
+                ev = rwatch.next() => match ev {
+                    None => anyhow::bail!("the watch of {rdir} ended"),
+                    Some(Ok(ev)) => apply_rebalance(&rdir, &mut rebalance, ev.kind, &ev.key),
+                    Some(Err(_)) => shared.metrics.store_error("watch"),
+                },
             }
         }
         changes.borrow_and_update();
@@ -89,8 +129,28 @@ pub async fn run(
             continue;
         }
         last_pass = Some(tokio::time::Instant::now());
-        match place_all(&store, &shared, leadership, &nodes, &mut written).await {
-            Ok(()) => delay = Duration::from_millis(200),
+        let state = PlaceState {
+            nodes: &nodes,
+            gone: &mut gone,
+            written: &mut written,
+            rebalance: &mut rebalance,
+        };
+        match place_all(&store, &shared, leadership, state).await {
+            Ok(at) => {
+                delay = Duration::from_millis(200);
+                let now = super::now_secs();
+                let audit_at =
+                    super::audit::run_once(&store, &shared, leadership, &nodes, &mut gone, now)
+                        .await;
+                let at = match (at, audit_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                recheck = at.map(|at| {
+                    let wait = Duration::from_secs(at.saturating_sub(super::now_secs()));
+                    tokio::time::Instant::now() + wait
+                });
+            }
             Err(PlaceError::Fenced(e)) => return Err(e),
             Err(PlaceError::Store(e)) => {
                 shared.metrics.store_error("schedule");
@@ -107,9 +167,45 @@ pub async fn run(
     }
 }
 
+/// A `rebalance/<project>` request appeared or went.
+fn apply_rebalance(rdir: &str, set: &mut BTreeSet<ProjectName>, kind: EventKind, key: &str) {
+    let Some(p) = key
+        .strip_prefix(rdir)
+        .and_then(|p| ProjectName::new(p).ok())
+    else {
+        return;
+    };
+    match kind {
+        EventKind::Put => {
+            tracing::info!(project = %p, "rebalance requested");
+            set.insert(p);
+        }
+        EventKind::Delete => {
+            set.remove(&p);
+        }
+    }
+}
+
+/// What the placement loop keeps between passes.
+struct PlaceState<'a> {
+    nodes: &'a BTreeMap<NodeName, NodeRecord>,
+    gone: &'a mut BTreeMap<NodeName, u64>,
+    written: &'a mut BTreeMap<ProjectName, ScheduleRecord>,
+    rebalance: &'a mut BTreeSet<ProjectName>,
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn apply_node(
     prefix: &cntnr_model::Prefix,
     nodes: &mut BTreeMap<NodeName, NodeRecord>,
+    gone: &mut BTreeMap<NodeName, u64>,
     kind: EventKind,
     key: &str,
     value: &[u8],
@@ -120,17 +216,52 @@ fn apply_node(
     match kind {
         EventKind::Put => match serde_json::from_slice::<NodeRecord>(value) {
             Ok(r) => {
+                gone.remove(&n);
                 nodes.insert(n, r);
             }
             Err(e) => {
                 tracing::warn!(%key, error = %e, "ignoring a node record that does not parse");
-                nodes.remove(&n);
+                if nodes.remove(&n).is_some() {
+                    gone.insert(n, super::now_secs());
+                }
             }
         },
         EventKind::Delete => {
-            nodes.remove(&n);
+            if nodes.remove(&n).is_some() {
+                tracing::info!(node = %n, "node gone from nodes/");
+            }
+            gone.insert(n, super::now_secs());
         }
     }
+}
+
+/// Completes `gone` for this pass: every node a schedule places replicas
+/// on that is not live gets a gone-since time: the one a former leader
+/// wrote in the record, else now (never earlier than we know).
+pub fn note_gone_nodes<'a>(
+    gone: &mut BTreeMap<NodeName, u64>,
+    nodes: &BTreeMap<NodeName, NodeRecord>,
+    schedules: impl IntoIterator<Item = &'a ScheduleRecord>,
+    now: u64,
+) {
+    let schedules: Vec<&ScheduleRecord> = schedules.into_iter().collect();
+    for rec in &schedules {
+        for (n, since) in &rec.gone_since {
+            if !nodes.contains_key(n) {
+                // What this leader saw itself (a delete event) wins: a
+                // record may lag behind a node that came back and left.
+                gone.entry(n.clone()).or_insert(*since);
+            }
+        }
+    }
+    for rec in &schedules {
+        for n in rec.services.values().flat_map(BTreeMap::values) {
+            if !nodes.contains_key(n) {
+                gone.entry(n.clone()).or_insert(now);
+            }
+        }
+    }
+    gone.retain(|n, _| !nodes.contains_key(n));
 }
 
 /// The cluster the leader places `project` on: the live `nodes` (from
@@ -157,14 +288,24 @@ enum PlaceError {
     Store(anyhow::Error),
 }
 
-/// One pass over every project.
+/// One pass over every project; returns when (Unix seconds) the earliest
+/// grace of a replica kept on a gone node ends.
 async fn place_all(
     store: &DynStore,
     shared: &Shared,
     leadership: &Leadership,
-    nodes: &BTreeMap<NodeName, NodeRecord>,
-    written: &mut BTreeMap<ProjectName, ScheduleRecord>,
-) -> std::result::Result<(), PlaceError> {
+    state: PlaceState<'_>,
+) -> std::result::Result<Option<u64>, PlaceError> {
+    let PlaceState {
+        nodes,
+        gone,
+        written,
+        rebalance,
+    } = state;
+    // Rebalance requests served by this pass (deleted after the writes).
+    let mut served: Vec<ProjectName> = Vec::new();
+    let now = super::now_secs();
+    let mut recheck_at: Option<u64> = None;
     // Decide under the lock, write without it.
     let mut puts: Vec<(ProjectName, ScheduleRecord)> = Vec::new();
     let mut deletes: Vec<ProjectName> = Vec::new();
@@ -187,15 +328,32 @@ async fn place_all(
                 (None, s) => s.map(|s| (*s).clone()),
             }
         };
+        let prevs: Vec<ScheduleRecord> = d.schedules.keys().filter_map(&previous).collect();
+        note_gone_nodes(gone, nodes, &prevs, now);
         for (p, dp) in &d.projects {
             let Ok(project) = &dp.spec else { continue };
             let prev = previous(p);
-            let cluster = cluster_for(p, nodes, seen.iter().map(|(q, s)| (*q, *s)));
-            let placed = schedule(project, &cluster, prev.as_ref());
+            let mut cluster = cluster_for(p, nodes, seen.iter().map(|(q, s)| (*q, *s)));
+            cluster.gone_since = gone.clone();
+            cluster.now = now;
+            let from_scratch = rebalance.contains(p);
+            let placed = if from_scratch {
+                served.push(p.clone());
+                tracing::info!(project = %p, "rebalancing: placing from scratch");
+                schedule(project, &cluster, None)
+            } else {
+                schedule(project, &cluster, prev.as_ref())
+            };
+            if let Some(at) = placed.recheck_at {
+                recheck_at = Some(recheck_at.map_or(at, |t| t.min(at)));
+            }
             let lines: Vec<String> = placed
                 .pending
                 .iter()
-                .map(|pending| format!("not placed: {pending}"))
+                .map(|pending| match pending.reason {
+                    PendingReason::NodeGone { .. } => format!("waiting: {pending}"),
+                    _ => format!("not placed: {pending}"),
+                })
                 .collect();
             {
                 let mut unplaced = shared.unplaced.lock().unwrap_or_else(|e| e.into_inner());
@@ -233,6 +391,12 @@ async fn place_all(
                 deletes.push(p.clone());
             }
         }
+        served.extend(
+            rebalance
+                .iter()
+                .filter(|p| !d.projects.contains_key(*p))
+                .cloned(),
+        );
         shared
             .unplaced
             .lock()
@@ -262,5 +426,75 @@ async fn place_all(
         written.remove(&p);
         tracing::info!(project = %p, "schedule of a removed project deleted");
     }
-    Ok(())
+    let rdir = shared.prefix.rebalance_dir();
+    for p in served {
+        store
+            .delete(&format!("{rdir}{p}"))
+            .await
+            .map_err(|e| PlaceError::Store(e.into()))?;
+        rebalance.remove(&p);
+    }
+    Ok(recheck_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).unwrap()
+    }
+
+    fn rec(services: &[(&str, &str)], gone: &[(&str, u64)]) -> ScheduleRecord {
+        let mut placed: BTreeMap<cntnr_model::ServiceName, BTreeMap<u32, NodeName>> =
+            BTreeMap::new();
+        for (i, (svc, node)) in services.iter().enumerate() {
+            placed
+                .entry(cntnr_model::ServiceName::new(*svc).unwrap())
+                .or_default()
+                .insert(i as u32 + 1, n(node));
+        }
+        ScheduleRecord {
+            fencing_token: 1,
+            leader: n("l"),
+            generation: 1,
+            services: placed,
+            gone_since: gone.iter().map(|(x, t)| (n(x), *t)).collect(),
+        }
+    }
+
+    fn live(names: &[&str]) -> BTreeMap<NodeName, NodeRecord> {
+        names
+            .iter()
+            .map(|x| {
+                (
+                    n(x),
+                    NodeRecord {
+                        labels: BTreeMap::new(),
+                        address: x.to_string(),
+                        version: "0".into(),
+                        rootless: false,
+                        started: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gone_since_comes_from_events_then_records_then_now() {
+        let nodes = live(&["a"]);
+        // b: a former leader saw it leave at 100; c: nobody recorded it;
+        // d: this leader saw it leave at 150 (wins over a stale record).
+        let records = [
+            rec(&[("web", "a"), ("web", "b"), ("web", "c")], &[("b", 100)]),
+            rec(&[("db", "d")], &[("d", 90)]),
+        ];
+        let mut gone: BTreeMap<NodeName, u64> = [(n("d"), 150), (n("a"), 5)].into();
+        note_gone_nodes(&mut gone, &nodes, &records, 200);
+        assert_eq!(gone, [(n("b"), 100), (n("c"), 200), (n("d"), 150)].into());
+        // Again later: nothing restarts counting.
+        note_gone_nodes(&mut gone, &nodes, &records, 300);
+        assert_eq!(gone, [(n("b"), 100), (n("c"), 200), (n("d"), 150)].into());
+    }
 }

@@ -48,6 +48,7 @@ fn desired(p: &Project, replicas: &[&str]) -> Desired {
         leader: node(),
         generation: 1,
         services,
+        gone_since: BTreeMap::new(),
     };
     Desired::for_node(p, &rec, &node()).unwrap()
 }
@@ -845,6 +846,7 @@ fn for_node_takes_only_this_nodes_replicas_of_existing_services() {
         leader: node(),
         generation: 1,
         services: BTreeMap::new(),
+        gone_since: BTreeMap::new(),
     };
     let n2 = NodeName::new("n2").unwrap();
     rec.services.insert(

@@ -9,7 +9,8 @@ struct Case {
     services: &'static str,
     /// Live nodes: `name` or `name:k=v,k=v`.
     live: &'static [&'static str],
-    in_grace: &'static [&'static str],
+    /// Gone nodes and since when; `now` is [`NOW`].
+    gone: &'static [(&'static str, u64)],
     other_load: &'static [(&'static str, u32)],
     /// `service/replica=node`.
     previous: &'static [&'static str],
@@ -21,7 +22,7 @@ const BASE: Case = Case {
     name: "",
     services: "",
     live: &[],
-    in_grace: &[],
+    gone: &[],
     other_load: &[],
     previous: &[],
     want: &[],
@@ -74,15 +75,19 @@ fn cluster(c: &Case) -> Cluster {
                 (node(n), labels)
             })
             .collect(),
-        in_grace: c.in_grace.iter().map(|n| node(n)).collect(),
+        gone_since: c.gone.iter().map(|(n, t)| (node(n), *t)).collect(),
+        now: NOW,
         other_load: c.other_load.iter().map(|(n, l)| (node(n), *l)).collect(),
     }
 }
 
+/// The clock of every case.
+const NOW: u64 = 1_000;
+
 fn record(services: Placement) -> ScheduleRecord {
     Schedule {
         services,
-        pending: vec![],
+        ..Schedule::default()
     }
     .into_record(1, node("leader"), 1)
 }
@@ -105,7 +110,9 @@ fn run(c: &Case) {
     // A fixed point: scheduling again from the result moves nothing.
     let again = schedule(&p, &cl, Some(&record(got.services.clone())));
     assert_eq!(again, got, "{}: not a fixed point", c.name);
-    assert!(got.same_placement(Some(&record(got.services.clone()))));
+    let mut rec = record(got.services.clone());
+    rec.gone_since = got.gone_since.clone();
+    assert!(got.same_placement(Some(&rec)));
 }
 
 #[test]
@@ -165,9 +172,10 @@ fn placement_tables() {
             name: "global: a node within grace keeps its replica",
             services: "  agent: {image: x, deploy: {mode: global}}\n",
             live: &["n2"],
-            in_grace: &["n1"],
+            gone: &[("n1", NOW - 10)],
             previous: &["agent/1=n1", "agent/2=n2"],
             want: &["agent/1=n1", "agent/2=n2"],
+            pending: &["agent replica 1: node n1 is gone; kept there until its cntnr.reschedule-after (30s) ends, then moved"],
             ..BASE
         },
         Case {
@@ -245,25 +253,89 @@ fn placement_tables() {
             name: "node lost within grace keeps its replicas",
             services: "  web: {image: nginx, deploy: {replicas: 3}}\n",
             live: &["n1", "n3"],
-            in_grace: &["n2"],
+            gone: &[("n2", NOW - 10)],
             previous: &["web/1=n1", "web/2=n2", "web/3=n3"],
             want: &["web/1=n1", "web/2=n2", "web/3=n3"],
+            pending: &["web replica 2: node n2 is gone; kept there until its cntnr.reschedule-after (30s) ends, then moved"],
+            ..BASE
+        },
+        Case {
+            name: "the grace ends at since + reschedule-after: the replica moves, nothing else",
+            services: "  web: {image: nginx, deploy: {replicas: 3}}\n",
+            live: &["n1", "n3", "n4"],
+            gone: &[("n2", NOW - 30)],
+            previous: &["web/1=n1", "web/2=n2", "web/3=n3"],
+            want: &["web/1=n1", "web/2=n4", "web/3=n3"],
+            ..BASE
+        },
+        Case {
+            name: "cntnr.reschedule-after per service: one service moves, the other waits",
+            services: "  a: {image: x, annotations: {cntnr.reschedule-after: 5s}}\n  b: {image: x, annotations: {cntnr.reschedule-after: 1m}}\n",
+            live: &["n1"],
+            gone: &[("n2", NOW - 10)],
+            previous: &["a/1=n2", "b/1=n2"],
+            want: &["a/1=n1", "b/1=n2"],
+            pending: &["b replica 1: node n2 is gone; kept there until its cntnr.reschedule-after (60s) ends, then moved"],
+            ..BASE
+        },
+        Case {
+            name: "past grace with max_replicas_per_node and no eligible node left: pending, why",
+            services: "  web: {image: x, deploy: {replicas: 3, placement: {max_replicas_per_node: 1}}}\n",
+            live: &["n1", "n3"],
+            gone: &[("n2", NOW - 31)],
+            previous: &["web/1=n1", "web/2=n2", "web/3=n3"],
+            want: &["web/1=n1", "web/3=n3"],
+            pending: &["web replica 2: max_replicas_per_node 1 reached on all 2 eligible nodes"],
+            ..BASE
+        },
+        Case {
+            name: "a joining node takes no existing replica",
+            services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
+            live: &["n1", "n2", "n3"],
+            previous: &["web/1=n1", "web/2=n1"],
+            want: &["web/1=n1", "web/2=n1"],
+            ..BASE
+        },
+        Case {
+            name: "a joining node takes the new replica: the least loaded",
+            services: "  web: {image: nginx, deploy: {replicas: 3}}\n",
+            live: &["n1", "n2", "n3"],
+            other_load: &[("n2", 4)],
+            previous: &["web/1=n1", "web/2=n2"],
+            want: &["web/1=n1", "web/2=n2", "web/3=n3"],
+            ..BASE
+        },
+        Case {
+            name: "rebalance (no previous schedule) spreads over the joined node",
+            services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
+            live: &["n1", "n2", "n3"],
+            other_load: &[("n1", 1)],
+            want: &["web/1=n2", "web/2=n3"],
             ..BASE
         },
         Case {
             name: "a node within grace gets no new replica",
             services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
             live: &["n1"],
-            in_grace: &["n2"],
+            gone: &[("n2", NOW - 10)],
             previous: &["web/1=n1"],
             want: &["web/1=n1", "web/2=n1"],
+            ..BASE
+        },
+        Case {
+            name: "a node that returns within grace is live again: nothing pending",
+            services: "  web: {image: nginx, deploy: {replicas: 2}}\n",
+            live: &["n1", "n2"],
+            gone: &[("n2", NOW - 10)],
+            previous: &["web/1=n1", "web/2=n2"],
+            want: &["web/1=n1", "web/2=n2"],
             ..BASE
         },
         Case {
             name: "within grace, a hostname constraint that now excludes the node still moves it",
             services: "  web: {image: nginx, deploy: {placement: {constraints: [node.hostname!=n2]}}}\n",
             live: &["n1"],
-            in_grace: &["n2"],
+            gone: &[("n2", NOW - 10)],
             previous: &["web/1=n2"],
             want: &["web/1=n1"],
             ..BASE
@@ -407,10 +479,50 @@ fn records_and_load() {
     assert_eq!(c.live[&n1]["disk"], "ssd");
     let s = Schedule {
         services: rec.services.clone(),
-        pending: vec![],
+        ..Schedule::default()
     };
     assert!(s.same_placement(Some(&rec)));
     assert!(!s.same_placement(None));
     let r = s.into_record(9, node("n1"), 4);
     assert_eq!((r.fencing_token, r.generation), (9, 4));
+}
+
+#[test]
+fn gone_nodes_are_kept_in_the_record_and_the_recheck_is_the_earliest_grace_end() {
+    let p = project(
+        "  a: {image: x, annotations: {cntnr.reschedule-after: 20s}}\n  b: {image: x, deploy: {replicas: 2}}\n",
+    );
+    let cl = Cluster {
+        live: [(node("n1"), Labels::new())].into(),
+        gone_since: [
+            (node("n2"), NOW - 5),
+            (node("n3"), NOW - 1),
+            (node("n9"), 1),
+        ]
+        .into(),
+        now: NOW,
+        ..Cluster::default()
+    };
+    let prev = record(parse_placements(&["a/1=n2", "b/1=n3", "b/2=n1"]));
+    let got = schedule(&p, &cl, Some(&prev));
+    assert_eq!(render(&got.services), ["a/1=n2", "b/1=n3", "b/2=n1"]);
+    // n9 holds nothing: not carried into the record.
+    assert_eq!(
+        got.gone_since,
+        [(node("n2"), NOW - 5), (node("n3"), NOW - 1)].into()
+    );
+    // a's grace ends at NOW - 5 + 20, b's at NOW - 1 + 30.
+    assert_eq!(got.recheck_at, Some(NOW + 15));
+    let rec = got.clone().into_record(3, node("n1"), 7);
+    assert_eq!(rec.gone_since, got.gone_since);
+    assert!(!got.same_placement(Some(&prev)), "gone_since changed");
+    // At the recheck, a moves and b stays.
+    let later = Cluster {
+        now: NOW + 15,
+        ..cl.clone()
+    };
+    let got = schedule(&p, &later, Some(&rec));
+    assert_eq!(render(&got.services), ["a/1=n1", "b/1=n3", "b/2=n1"]);
+    assert_eq!(got.recheck_at, Some(NOW + 29));
+    assert_eq!(got.gone_since, [(node("n3"), NOW - 1)].into());
 }
