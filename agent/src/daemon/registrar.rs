@@ -489,9 +489,12 @@ impl Supervisor {
                     t.dead = true;
                     changed = true;
                 }
+                // Running: registered as the spec says now (tags or name
+                // edited without a recreate; back after an unhealthy
+                // kill and restart, whose stop deregistered it).
                 if running {
                     if let Some(e) = self.replica_entry(project, spec, c) {
-                        if t.entry.is_some() && t.entry.as_ref() != Some(&e) {
+                        if t.entry.as_ref() != Some(&e) {
                             t.entry = Some(e);
                             changed = true;
                         }
