@@ -904,3 +904,38 @@ fn consul_orphans_of_this_node_go_a_dead_container_is_critical_and_drain_precede
         .collect();
     assert_eq!(left, [format!("{node}x/op-other-1")]);
 }
+
+#[test]
+fn a_changed_healthcheck_applies_to_the_running_container_without_a_recreate() {
+    let s = TestStore::new(Kind::Dir, "edit");
+    let name = format!("ed{}", s.prefix.replace('-', ""));
+    let port = free_port();
+    let image = common::test_image_ref();
+    let yaml = |path: &str| {
+        format!(
+            "services:\n  app:\n    image: {image}\n    network_mode: host\n    expose: ['{port}']\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    healthcheck:\n      test: [CMD, test, -f, {path}]\n      interval: 1s\n      retries: 1\n    annotations:\n      cntnr.service.name: {name}\n"
+        )
+    };
+    let a = agent(&s);
+    deploy(&s, "ed", &yaml("/nonexistent"));
+    wait_agent(&a, WAIT, "the record critical", || {
+        let st = statuses(&records(&s, &name));
+        (st.get(&u64::from(port)).map(String::as_str) == Some("critical")).then_some(())
+    });
+    let pid = |a: &Agent| -> Option<u64> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(a.runtime_root())
+            .args(["state", "ed-app-1"])
+            .output()
+            .ok()?;
+        serde_json::from_slice::<Value>(&out.stdout).ok()?["pid"].as_u64()
+    };
+    let before = pid(&a).expect("running");
+    deploy(&s, "ed", &yaml("/bin/sh"));
+    wait_agent(&a, WAIT, "the record passing under the new check", || {
+        let st = statuses(&records(&s, &name));
+        (st.get(&u64::from(port)).map(String::as_str) == Some("passing")).then_some(())
+    });
+    assert_eq!(pid(&a), Some(before), "the container was not recreated");
+}

@@ -499,6 +499,31 @@ impl Supervisor {
                             changed = true;
                         }
                     }
+                    // Checks and drain are outside the config hash: an
+                    // edit applies to the running container (its checker
+                    // restarts where its health stands).
+                    if let Some(svc) = spec.and_then(|p| p.services.get(&t.service)) {
+                        t.drain = svc.agent.drain;
+                        let config = HealthConfig::from_spec(svc);
+                        if config != t.config && !t.dead {
+                            let resume = t.health();
+                            let age = started(&c.id)
+                                .and_then(|s| SystemTime::now().duration_since(s).ok())
+                                .unwrap_or_default();
+                            t.checker = None;
+                            t.checker = config.as_ref().and_then(|cfg| {
+                                self.spawn_checker(
+                                    &c.id,
+                                    cfg,
+                                    t.host_network,
+                                    CheckerStart { age, resume },
+                                )
+                            });
+                            t.config = config;
+                            tracing::info!(container = %c.id, "health check changed; checker restarted");
+                            changed = true;
+                        }
+                    }
                 }
                 continue;
             }
