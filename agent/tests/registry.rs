@@ -568,15 +568,21 @@ fn a_hanging_check_is_killed_at_its_timeout_and_an_unhealthy_container_is_restar
     let s = TestStore::new(Kind::Consul, "hang");
     let image = common::test_image_ref();
     let token = format!("{}", 100_000 + std::process::id() % 100_000);
+    let flaky_name = format!("flaky{}", s.prefix.replace('-', ""));
+    let flaky_port = free_port();
     // `hang`: its check sleeps far past the timeout. `flaky`: healthy
     // while /tmp/ok exists, restarted (restart: always) when unhealthy.
     // `reporter`: the same, but `cntnr.health.on-failure: none`. `late`
     // depends on flaky being healthy.
     let yaml = format!(
-        "services:\n  hang:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    healthcheck:\n      test: [CMD, sleep, '{token}']\n      interval: 1s\n      timeout: 500ms\n      retries: 2\n  flaky:\n    image: {image}\n    network_mode: none\n    restart: always\n    stop_grace_period: 1s\n    command: [sh, -c, 'touch /tmp/ok; exec sleep 3600']\n    healthcheck:\n      test: [CMD, test, -f, /tmp/ok]\n      interval: 1s\n      retries: 1\n  reporter:\n    image: {image}\n    network_mode: none\n    restart: always\n    stop_grace_period: 1s\n    command: [sh, -c, 'touch /tmp/ok; exec sleep 3600']\n    healthcheck:\n      test: [CMD, test, -f, /tmp/ok]\n      interval: 1s\n      retries: 1\n    annotations:\n      cntnr.health.on-failure: none\n  late:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    depends_on:\n      flaky: {{condition: service_healthy}}\n"
+        "services:\n  hang:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    healthcheck:\n      test: [CMD, sleep, '{token}']\n      interval: 1s\n      timeout: 500ms\n      retries: 2\n  flaky:\n    image: {image}\n    network_mode: host\n    expose: ['{flaky_port}']\n    restart: always\n    stop_grace_period: 1s\n    command: [sh, -c, 'touch /tmp/ok; exec sleep 3600']\n    healthcheck:\n      test: [CMD, test, -f, /tmp/ok]\n      interval: 1s\n      retries: 1\n    annotations:\n      cntnr.service.name: {flaky_name}\n  reporter:\n    image: {image}\n    network_mode: none\n    restart: always\n    stop_grace_period: 1s\n    command: [sh, -c, 'touch /tmp/ok; exec sleep 3600']\n    healthcheck:\n      test: [CMD, test, -f, /tmp/ok]\n      interval: 1s\n      retries: 1\n    annotations:\n      cntnr.health.on-failure: none\n  late:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    depends_on:\n      flaky: {{condition: service_healthy}}\n"
     );
     let a = agent(&s);
     deploy(&s, "hp", &yaml);
+    let flaky_passing = || {
+        let e = consul_entries(&flaky_name, true);
+        (e.len() == 1 && e[0].port == flaky_port).then_some(())
+    };
     let container = |id: &str| -> Option<Value> {
         let v = s.cntnr_json(&["ps", "hp"]);
         v[0]["status"]["containers"]
@@ -620,12 +626,20 @@ fn a_hanging_check_is_killed_at_its_timeout_and_an_unhealthy_container_is_restar
     wait_for(WAIT, "reporter healthy", || {
         (container("hp-reporter-1")?["health"] == "healthy").then_some(())
     });
+    wait_agent(&a, WAIT, "flaky registered and passing", flaky_passing);
     exec(&a, "hp-flaky-1", &["rm", "/tmp/ok"]);
     exec(&a, "hp-reporter-1", &["rm", "/tmp/ok"]);
     wait_agent(&a, WAIT, "flaky restarted and healthy", || {
         let c = container("hp-flaky-1")?;
         (c["restarts"].as_u64()? >= 1 && c["health"] == "healthy").then_some(())
     });
+    // Deregistered for the kill, registered again once healthy.
+    wait_agent(
+        &a,
+        WAIT,
+        "flaky passing again after its restart",
+        flaky_passing,
+    );
     let r = wait_for(WAIT, "reporter unhealthy", || {
         let c = container("hp-reporter-1")?;
         (c["health"] == "unhealthy").then_some(c)
@@ -889,4 +903,39 @@ fn consul_orphans_of_this_node_go_a_dead_container_is_critical_and_drain_precede
         .map(|e| e.id)
         .collect();
     assert_eq!(left, [format!("{node}x/op-other-1")]);
+}
+
+#[test]
+fn a_changed_healthcheck_applies_to_the_running_container_without_a_recreate() {
+    let s = TestStore::new(Kind::Dir, "edit");
+    let name = format!("ed{}", s.prefix.replace('-', ""));
+    let port = free_port();
+    let image = common::test_image_ref();
+    let yaml = |path: &str| {
+        format!(
+            "services:\n  app:\n    image: {image}\n    network_mode: host\n    expose: ['{port}']\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    healthcheck:\n      test: [CMD, test, -f, {path}]\n      interval: 1s\n      retries: 1\n    annotations:\n      cntnr.service.name: {name}\n"
+        )
+    };
+    let a = agent(&s);
+    deploy(&s, "ed", &yaml("/nonexistent"));
+    wait_agent(&a, WAIT, "the record critical", || {
+        let st = statuses(&records(&s, &name));
+        (st.get(&u64::from(port)).map(String::as_str) == Some("critical")).then_some(())
+    });
+    let pid = |a: &Agent| -> Option<u64> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(a.runtime_root())
+            .args(["state", "ed-app-1"])
+            .output()
+            .ok()?;
+        serde_json::from_slice::<Value>(&out.stdout).ok()?["pid"].as_u64()
+    };
+    let before = pid(&a).expect("running");
+    deploy(&s, "ed", &yaml("/bin/sh"));
+    wait_agent(&a, WAIT, "the record passing under the new check", || {
+        let st = statuses(&records(&s, &name));
+        (st.get(&u64::from(port)).map(String::as_str) == Some("passing")).then_some(())
+    });
+    assert_eq!(pid(&a), Some(before), "the container was not recreated");
 }

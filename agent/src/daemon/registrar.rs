@@ -489,10 +489,38 @@ impl Supervisor {
                     t.dead = true;
                     changed = true;
                 }
+                // Running: registered as the spec says now (tags or name
+                // edited without a recreate; back after an unhealthy
+                // kill and restart, whose stop deregistered it).
                 if running {
                     if let Some(e) = self.replica_entry(project, spec, c) {
-                        if t.entry.is_some() && t.entry.as_ref() != Some(&e) {
+                        if t.entry.as_ref() != Some(&e) {
                             t.entry = Some(e);
+                            changed = true;
+                        }
+                    }
+                    // Checks and drain are outside the config hash: an
+                    // edit applies to the running container (its checker
+                    // restarts where its health stands).
+                    if let Some(svc) = spec.and_then(|p| p.services.get(&t.service)) {
+                        t.drain = svc.agent.drain;
+                        let config = HealthConfig::from_spec(svc);
+                        if config != t.config && !t.dead {
+                            let resume = t.health();
+                            let age = started(&c.id)
+                                .and_then(|s| SystemTime::now().duration_since(s).ok())
+                                .unwrap_or_default();
+                            t.checker = None;
+                            t.checker = config.as_ref().and_then(|cfg| {
+                                self.spawn_checker(
+                                    &c.id,
+                                    cfg,
+                                    t.host_network,
+                                    CheckerStart { age, resume },
+                                )
+                            });
+                            t.config = config;
+                            tracing::info!(container = %c.id, "health check changed; checker restarted");
                             changed = true;
                         }
                     }
