@@ -765,3 +765,71 @@ networks:
 
     remove_and_check_clean(&s, &a, &[&p], &before);
 }
+
+/// Registration and direct checks of bridge containers: a service that only
+/// `expose`s a port registers at the container's own IP (from the hook's
+/// result) and its `cntnr.check.http` probe reaches that IP; one that
+/// publishes a port registers at the node's address and the host port.
+#[test]
+fn bridge_replicas_register_at_their_ip_or_published_port_and_are_probed_directly() {
+    let _serial = serial();
+    let before = snapshot();
+    let s = TestStore::new(Kind::Dir, "reg");
+    let a = s.agent("n1");
+    let image = common::test_image_ref();
+    let port = free_port();
+    let p = name("reg");
+    deploy(
+        &s,
+        &p,
+        &format!(
+            r#"
+services:
+  api:
+    image: "{image}"
+    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+    expose: ["80"]
+    dns: ["127.0.0.1"]
+    stop_grace_period: 1s
+    annotations: {{cntnr.check.http: "/"}}
+  front:
+    image: "{image}"
+    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+    ports: ["127.0.0.1:{port}:80"]
+    dns: ["127.0.0.1"]
+    stop_grace_period: 1s
+    annotations: {{cntnr.check.http: "/"}}
+"#
+        ),
+    );
+    let (api, front) = (format!("{p}-api-1"), format!("{p}-front-1"));
+    let rec = wait_up(&s, &p, &[&api, &front]);
+    let api_ip = ip_of(&rec, &api);
+    // Passing means the agent's HTTP probe reached the container itself.
+    let instances = common::wait_for(WAIT, "both instances passing", || {
+        let v = s.cntnr_json(&["services", "--passing"]);
+        (v.as_array().map_or(0, Vec::len) == 2).then_some(v)
+    });
+    let of = |svc: &str| {
+        instances
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"].as_str().unwrap().ends_with(&format!("{p}-{svc}-1")))
+            .unwrap_or_else(|| panic!("no {svc} instance in {instances}"))
+            .clone()
+    };
+    let (i_api, i_front) = (of("api"), of("front"));
+    assert_eq!(i_api["address"], api_ip.as_str(), "{i_api}");
+    assert_eq!(i_api["port"], 80, "{i_api}");
+    assert_eq!(i_front["address"], "127.0.0.1", "{i_front}");
+    assert_eq!(i_front["port"], u64::from(port), "{i_front}");
+    // A broken endpoint turns the direct check (and the entry) critical.
+    let (code, out) = exec(&a, &api, "rm /var/www/index.html");
+    assert_eq!(code, 0, "{out}");
+    common::wait_for(WAIT, "api critical after its page is gone", || {
+        let v = s.cntnr_json(&["services", "--passing"]);
+        (v.as_array().map_or(0, Vec::len) == 1).then_some(())
+    });
+    remove_and_check_clean(&s, &a, &[&p], &before);
+}

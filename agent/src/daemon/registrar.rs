@@ -65,7 +65,8 @@ struct Tracked {
     service: ServiceName,
     /// Its checks (`None`: health `none`).
     config: Option<HealthConfig>,
-    host_network: bool,
+    /// Where direct probes reach it (see [`Supervisor::probe_address`]).
+    probe_ip: Option<IpAddr>,
     /// `cntnr.drain`.
     drain: Duration,
     checker: Option<Checker>,
@@ -270,22 +271,26 @@ impl Supervisor {
     }
 
     /// Where direct probes reach the container: the host's loopback with
-    /// `network_mode: host`. Bridge containers have no address the agent
-    /// knows yet (issue 8 wires bridge networking); their direct probes
-    /// are left out until then.
-    fn probe_address(host_network: bool) -> Option<IpAddr> {
-        host_network.then_some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    /// `network_mode: host`, the container's own IP on a bridge network
+    /// (from the hook's result in its bundle). `none`: nowhere, so its
+    /// direct probes are left out (exec checks still run).
+    fn probe_address(mode: &NetworkMode, bundle: &std::path::Path) -> Option<IpAddr> {
+        match mode {
+            NetworkMode::Host => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            NetworkMode::None => None,
+            NetworkMode::Bridge => crate::daemon::network::container_addresses(bundle).0,
+        }
     }
 
     fn spawn_checker(
         &self,
         id: &ContainerId,
         config: &HealthConfig,
-        host_network: bool,
+        probe_ip: Option<IpAddr>,
         start: CheckerStart,
     ) -> Option<Checker> {
         let mut config = config.clone();
-        let address = match Self::probe_address(host_network) {
+        let address = match probe_ip {
             Some(a) => a,
             None => {
                 config.http = None;
@@ -315,7 +320,11 @@ impl Supervisor {
         spec: &ServiceSpec,
         replica: u32,
         config_hash: &str,
+        bundle: &std::path::Path,
     ) -> Option<Registration> {
+        // A bridge container's IP and published ports, from the hook's
+        // result in its bundle (none for host/none networking).
+        let (container_ip, published) = crate::daemon::network::container_addresses(bundle);
         registration(
             &RunningReplica {
                 project,
@@ -325,8 +334,8 @@ impl Supervisor {
                 config_hash,
                 node: &self.node,
                 node_address: self.node_address,
-                container_ip: None,
-                published: &[],
+                container_ip,
+                published: &published,
             },
             self.timings,
         )
@@ -365,15 +374,15 @@ impl Supervisor {
         let service = ServiceName::new(c.annotations.get(annotations::SERVICE)?.as_str()).ok()?;
         let svc = spec?.services.get(&service)?;
         let config = HealthConfig::from_spec(svc);
-        let host_network = svc.network_mode == NetworkMode::Host;
+        let probe_ip = Self::probe_address(&svc.network_mode, &c.bundle);
         let checker = config
             .as_ref()
-            .and_then(|cfg| self.spawn_checker(&c.id, cfg, host_network, start));
+            .and_then(|cfg| self.spawn_checker(&c.id, cfg, probe_ip, start));
         Some(Tracked {
             project: project.clone(),
             service,
             config,
-            host_network,
+            probe_ip,
             drain: svc.agent.drain,
             checker,
             provisional: None,
@@ -391,7 +400,7 @@ impl Supervisor {
             t.checker = t
                 .config
                 .clone()
-                .and_then(|c| self.spawn_checker(id, &c, t.host_network, CheckerStart::FRESH));
+                .and_then(|c| self.spawn_checker(id, &c, t.probe_ip, CheckerStart::FRESH));
             t.dead = false;
         }
         drop(tracked);
@@ -515,7 +524,7 @@ impl Supervisor {
                                 self.spawn_checker(
                                     &c.id,
                                     cfg,
-                                    t.host_network,
+                                    t.probe_ip,
                                     CheckerStart { age, resume },
                                 )
                             });
@@ -594,7 +603,7 @@ impl Supervisor {
                     project,
                     service,
                     config: None,
-                    host_network: false,
+                    probe_ip: None,
                     drain: Duration::ZERO,
                     checker: None,
                     entry: Some(entry),
@@ -617,7 +626,7 @@ impl Supervisor {
         let replica: u32 = c.annotations.get(annotations::REPLICA)?.parse().ok()?;
         let hash = c.annotations.get(annotations::CONFIG_HASH)?;
         let svc = spec?.services.get(&service)?;
-        self.entry_of(project, &service, svc, replica, hash)
+        self.entry_of(project, &service, svc, replica, hash, &c.bundle)
     }
 
     /// Every entry that should be in the registry, with its health and
