@@ -31,6 +31,7 @@ pub mod images;
 pub mod plan;
 pub mod runc;
 pub mod runtime;
+pub mod rollout;
 pub mod schedule;
 pub mod shim;
 pub mod unpack;
