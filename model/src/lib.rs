@@ -38,6 +38,7 @@ pub mod path;
 pub mod ports;
 pub mod records;
 pub mod render;
+pub mod rollout;
 pub mod schema;
 pub mod shellwords;
 pub mod spec;

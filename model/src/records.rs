@@ -51,6 +51,18 @@ pub struct ScheduleRecord {
     /// moment instead of rescheduling at once or starting the grace anew.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gone_since: BTreeMap<NodeName, u64>,
+    /// Rolling updates (`deploy.update_config`) in progress or finished,
+    /// by service: each replica runs the hash its rollout names
+    /// (`cntnr_reconcile::rollout::Rollout::wanted`), not necessarily the
+    /// project's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<ServiceName, crate::rollout::ServiceRollout>,
+    /// The last fully healthy revision of the project (the compose text
+    /// `deploy` wrote, as [`crate::render::to_yaml`] renders it): replicas a
+    /// rollout holds at an older hash are built from it, and a rollback
+    /// returns to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_spec: Option<String>,
 }
 
 impl ScheduleRecord {
@@ -299,6 +311,8 @@ mod tests {
             )]
             .into(),
             gone_since: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
+            healthy_spec: None,
         };
         let j = round_trip(&s);
         assert_eq!(j["services"]["web"]["2"], "n2");

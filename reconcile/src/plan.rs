@@ -234,9 +234,14 @@ impl Desired {
             let Some(spec) = project.services.get(&service) else {
                 continue;
             };
+            // A rolling update may hold this replica at another hash.
+            let held = schedule
+                .rollouts
+                .get(&service)
+                .and_then(|r| crate::rollout::Rollout::wanted(r).remove(&replica));
             replicas.push(DesiredReplica {
                 id: ContainerId::for_replica(project.name.as_str(), service.as_str(), replica)?,
-                config_hash: spec.config_hash(),
+                config_hash: held.unwrap_or_else(|| spec.config_hash()),
                 service,
                 replica,
             });

@@ -16,11 +16,13 @@
 //!    A replica is advanced only `delay` after the last replica finished
 //!    (done or failed). Replicas are advanced in replica order.
 //! 2. **Ready.** An advanced replica is ready when its status says it runs
-//!    the target hash, is `running`, and is `healthy` (or has no check).
+//!    the target hash, is `running`, and is `healthy` (or has no check), or
+//!    exited 0 (a one-shot container).
 //!    It must stay ready for `monitor`; then it is done. Once done it is no
 //!    longer the rollout's business (restart policy handles later crashes).
 //! 3. **Failure.** An advanced replica that runs the target hash and is
-//!    `failed`/`stopped`/`unhealthy`, or that stops being ready during
+//!    `failed`, `unhealthy`, or stopped other than with exit code 0, or
+//!    that stops being ready during
 //!    `monitor`, failed. When failed / replicas > `max_failure_ratio`, the
 //!    `failure_action` applies: `pause` stops advancing (the rollout stays
 //!    paused until a new deploy or a manual rollback), `continue` carries
@@ -47,102 +49,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use cntnr_model::records::{ContainerState, Health};
+pub use cntnr_model::rollout::{Millis, Observed, Phase, ServiceRollout, Step};
 use cntnr_model::{ConfigHash, FailureAction, Replica, UpdateConfig};
-use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the Unix epoch (the caller's clock).
-pub type Millis = u64;
-
-/// Where the rollout of one service stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Moving replicas from `from` to `to`.
-    Updating,
-    /// Stopped by `failure_action: pause`.
-    Paused,
-    /// Moving replicas back to `from`.
-    RollingBack,
-    /// Every replica was advanced to `to`.
-    Completed,
-    /// Every replica is back on `from`.
-    RolledBack,
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Updating => "updating",
-            Phase::Paused => "paused",
-            Phase::RollingBack => "rolling back",
-            Phase::Completed => "completed",
-            Phase::RolledBack => "rolled back",
-        })
-    }
-}
-
-/// One replica's progress towards the rollout's target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "step")]
-pub enum Step {
-    /// Not advanced yet: keeps running `hash`.
-    Old {
-        /// The hash it runs until advanced.
-        hash: ConfigHash,
-    },
-    /// Advanced at `since`; waiting for the new container to be ready.
-    Updating {
-        /// When it was advanced.
-        since: Millis,
-    },
-    /// Ready since `since`; watched until `since + monitor`.
-    Monitoring {
-        /// When it was first seen ready.
-        since: Millis,
-    },
-    /// Stayed ready through `monitor` (or already ran the target: `at`
-    /// is 0 then, so it does not hold back the next batch by `delay`).
-    Done {
-        /// When.
-        at: Millis,
-    },
-    /// Failed while updating or monitoring.
-    Failed {
-        /// When.
-        at: Millis,
-        /// Why, for status.
-        reason: String,
-    },
-    /// Appeared during the rollout: runs the target, not monitored.
-    Fresh,
-}
-
-/// What the status records say about one replica's container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    /// The config hash it runs.
-    pub hash: ConfigHash,
-    /// Runtime state.
-    pub state: ContainerState,
-    /// Health.
-    pub health: Health,
-}
-
-/// The rollout of one service from `from` to `to`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRollout {
-    /// The last spec that was fully healthy (where a rollback goes).
-    pub from: ConfigHash,
-    /// The deployed spec.
-    pub to: ConfigHash,
-    /// Where it stands.
-    pub phase: Phase,
-    /// Per replica progress towards [`ServiceRollout::target`].
-    pub replicas: BTreeMap<Replica, Step>,
-    /// Why it paused or rolls back, for status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
 
 /// What one [`ServiceRollout::step`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -183,12 +91,58 @@ impl fmt::Display for Progress {
     }
 }
 
-impl ServiceRollout {
+/// The rollout logic on [`ServiceRollout`] (the record type lives in
+/// `cntnr_model::rollout` so that it can travel in the schedule record).
+pub trait Rollout: Sized {
     /// A rollout of `replicas`, each running the hash given, towards `to`.
     /// `from` is the last fully healthy spec. Replicas already on `to` are
     /// done at once; a replica with no known hash is treated as running
     /// `from`.
-    pub fn start(
+    fn start(
+        from: ConfigHash,
+        to: ConfigHash,
+        replicas: &BTreeMap<Replica, Option<ConfigHash>>,
+    ) -> Self;
+    /// The hash advanced replicas run: `to`, or `from` while rolling back.
+    fn target(&self) -> &ConfigHash;
+    /// The last spec that was fully healthy: `to` once every replica went
+    /// through `monitor` with no failure, else `from`.
+    fn healthy(&self) -> &ConfigHash;
+    /// The hash each replica must run now.
+    fn wanted(&self) -> BTreeMap<Replica, ConfigHash>;
+    /// Whether the rollout has nothing left to do.
+    fn finished(&self) -> bool;
+    /// Counts for status.
+    fn progress(&self) -> Progress;
+    /// `cntnr rollback`: go back to `from`. Returns false (and changes
+    /// nothing) when there is nothing to go back to.
+    fn request_rollback(&mut self, reason: &str) -> bool;
+    /// Brings the rollout up to date with the replicas that exist now
+    /// (placement's replica numbers), what their status says and `now`,
+    /// and advances the next batch if allowed.
+    fn step(
+        &mut self,
+        cfg: &UpdateConfig,
+        has_check: bool,
+        replicas: &BTreeSet<Replica>,
+        observed: &BTreeMap<Replica, Observed>,
+        now: Millis,
+    ) -> Advance;
+}
+
+trait Internal {
+    fn begin_rollback(&mut self, reason: String);
+    fn finish(&mut self, adv: Advance, recheck: Option<Millis>) -> Advance;
+    fn advance(&mut self, cfg: &UpdateConfig, now: Millis, skip_delay: bool) -> Advance;
+    fn failures(&self) -> Vec<String>;
+}
+
+impl Rollout for ServiceRollout {
+    /// A rollout of `replicas`, each running the hash given, towards `to`.
+    /// `from` is the last fully healthy spec. Replicas already on `to` are
+    /// done at once; a replica with no known hash is treated as running
+    /// `from`.
+    fn start(
         from: ConfigHash,
         to: ConfigHash,
         replicas: &BTreeMap<Replica, Option<ConfigHash>>,
@@ -215,7 +169,7 @@ impl ServiceRollout {
     }
 
     /// The hash advanced replicas run: `to`, or `from` while rolling back.
-    pub fn target(&self) -> &ConfigHash {
+    fn target(&self) -> &ConfigHash {
         match self.phase {
             Phase::RollingBack | Phase::RolledBack => &self.from,
             _ => &self.to,
@@ -225,7 +179,7 @@ impl ServiceRollout {
     /// The last spec that was fully healthy: `to` once every replica went
     /// through `monitor` with no failure, else `from`. A new deploy starts
     /// its rollout from it.
-    pub fn healthy(&self) -> &ConfigHash {
+    fn healthy(&self) -> &ConfigHash {
         let clean = self
             .replicas
             .values()
@@ -238,7 +192,7 @@ impl ServiceRollout {
     }
 
     /// The hash each replica must run now.
-    pub fn wanted(&self) -> BTreeMap<Replica, ConfigHash> {
+    fn wanted(&self) -> BTreeMap<Replica, ConfigHash> {
         self.replicas
             .iter()
             .map(|(r, s)| {
@@ -252,12 +206,12 @@ impl ServiceRollout {
     }
 
     /// Whether the rollout has nothing left to do.
-    pub fn finished(&self) -> bool {
+    fn finished(&self) -> bool {
         matches!(self.phase, Phase::Completed | Phase::RolledBack)
     }
 
     /// Counts for status.
-    pub fn progress(&self) -> Progress {
+    fn progress(&self) -> Progress {
         let mut p = Progress {
             phase: self.phase,
             done: 0,
@@ -279,7 +233,7 @@ impl ServiceRollout {
     /// `cntnr rollback`: go back to `from`. Returns false (and changes
     /// nothing) when there is nothing to go back to (`from == to`, or
     /// already rolling or rolled back).
-    pub fn request_rollback(&mut self, reason: &str) -> bool {
+    fn request_rollback(&mut self, reason: &str) -> bool {
         if self.from == self.to || matches!(self.phase, Phase::RollingBack | Phase::RolledBack) {
             return false;
         }
@@ -287,23 +241,10 @@ impl ServiceRollout {
         true
     }
 
-    fn begin_rollback(&mut self, reason: String) {
-        let to = self.to.clone();
-        for step in self.replicas.values_mut() {
-            *step = match step {
-                Step::Old { hash } if *hash == self.from => Step::Done { at: 0 },
-                Step::Old { hash } => Step::Old { hash: hash.clone() },
-                _ => Step::Old { hash: to.clone() },
-            };
-        }
-        self.phase = Phase::RollingBack;
-        self.reason = Some(reason);
-    }
-
     /// Brings the rollout up to date with the replicas that exist now
     /// (`replicas`: placement's replica numbers), what their status says,
     /// and `now`, and advances the next batch if allowed.
-    pub fn step(
+    fn step(
         &mut self,
         cfg: &UpdateConfig,
         has_check: bool,
@@ -324,13 +265,20 @@ impl ServiceRollout {
         // Observe the replicas in flight.
         for (r, step) in self.replicas.iter_mut() {
             let obs = observed.get(r).filter(|o| o.hash == target);
-            let ready = obs.is_some_and(|o| {
-                o.state == ContainerState::Running
-                    && (o.health == Health::Healthy || (!has_check && o.health == Health::None))
+            let ready = obs.is_some_and(|o| match o.state {
+                ContainerState::Running => {
+                    o.health == Health::Healthy || (!has_check && o.health == Health::None)
+                }
+                ContainerState::Stopped => o.exit_code == Some(0),
+                _ => false,
             });
             let broken = obs.and_then(|o| match (o.state, o.health) {
                 (ContainerState::Failed, _) => Some("failed".to_string()),
-                (ContainerState::Stopped, _) => Some("stopped".to_string()),
+                (ContainerState::Stopped, _) if o.exit_code == Some(0) => None,
+                (ContainerState::Stopped, _) => Some(match o.exit_code {
+                    Some(c) => format!("exited {c}"),
+                    None => "stopped".to_string(),
+                }),
                 (_, Health::Unhealthy) => Some("unhealthy".to_string()),
                 _ => None,
             });
@@ -390,6 +338,21 @@ impl ServiceRollout {
         }
         let adv = self.advance(cfg, now, false);
         self.finish(adv, recheck)
+    }
+}
+
+impl Internal for ServiceRollout {
+    fn begin_rollback(&mut self, reason: String) {
+        let to = self.to.clone();
+        for step in self.replicas.values_mut() {
+            *step = match step {
+                Step::Old { hash } if *hash == self.from => Step::Done { at: 0 },
+                Step::Old { hash } => Step::Old { hash: hash.clone() },
+                _ => Step::Old { hash: to.clone() },
+            };
+        }
+        self.phase = Phase::RollingBack;
+        self.reason = Some(reason);
     }
 
     fn finish(&mut self, mut adv: Advance, recheck: Option<Millis>) -> Advance {

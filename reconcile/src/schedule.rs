@@ -339,6 +339,8 @@ impl Schedule {
             generation,
             services: self.services,
             gone_since: self.gone_since,
+            rollouts: BTreeMap::new(),
+            healthy_spec: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod plan;
 pub mod ps;
 pub mod rebalance;
 pub mod rm;
+pub mod rollback;
 pub mod services;
 pub mod validate;
 
@@ -74,6 +75,9 @@ pub enum Command {
     /// Ask the leader to place a project from scratch (existing replicas
     /// otherwise never move to a node that joins).
     Rebalance(rebalance::RebalanceArgs),
+    /// Roll a project's rolling updates back to its last fully healthy
+    /// revision.
+    Rollback(rollback::RollbackArgs),
     /// List deployed projects, with a status summary.
     Ls,
     /// Every container on every node, from the status the agents report.
@@ -147,6 +151,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Plan(a) => plan::run(&ctx, a).await,
         Command::Rm(a) => rm::run(&ctx, a).await,
         Command::Rebalance(a) => rebalance::run(&ctx, a).await,
+        Command::Rollback(a) => rollback::run(&ctx, a).await,
         Command::Ls => ls::run(&ctx).await,
         Command::Ps(a) => ps::run(&ctx, a).await,
         Command::Nodes => nodes::run(&ctx).await,

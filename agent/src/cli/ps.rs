@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use cntnr_model::records::{ContainerState, StatusRecord};
+use cntnr_model::records::{ContainerState, ScheduleRecord, StatusRecord};
 use cntnr_model::{ProjectName, StoreKey};
 use serde_json::json;
 
@@ -159,5 +159,20 @@ pub async fn run(ctx: &Ctx, args: &PsArgs) -> Result<()> {
         }
     }
     print!("{}", t.render());
+    // Rolling updates, from the leader's schedule records.
+    let sdir = ctx.config.prefix.schedule_dir();
+    for (key, entry) in &ctx.store.list(&sdir).await?.entries {
+        let Ok(StoreKey::Schedule(p)) = StoreKey::parse(&ctx.config.prefix, key) else {
+            continue;
+        };
+        if project.as_ref().is_some_and(|q| *q != p) {
+            continue;
+        }
+        if let Ok(rec) = serde_json::from_slice::<ScheduleRecord>(&entry.value) {
+            for line in crate::daemon::rollout::progress_lines(&rec) {
+                println!("{p}: {line}");
+            }
+        }
+    }
     Ok(())
 }

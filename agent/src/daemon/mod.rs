@@ -23,6 +23,7 @@ pub mod network;
 pub mod node;
 pub mod reconciler;
 pub mod registrar;
+pub mod rollout;
 pub mod scheduler;
 pub mod signals;
 pub mod status;

@@ -425,7 +425,12 @@ impl Engine {
                         None
                     }
                     Some(Ok(rec)) => match Desired::for_node(spec, rec, &self.shared.node) {
-                        Ok(d) => Some((d, Some(spec))),
+                        Ok(mut d) => {
+                            let version = dp.as_ref().map_or(0, |p| p.version);
+                            super::rollout::hold_stale(&mut d, spec, rec, version);
+                            warnings.extend(super::rollout::progress_lines(rec));
+                            Some((d, Some(spec)))
+                        }
                         Err(e) => {
                             errors.push(format!("project {project}: {e}"));
                             None
@@ -739,7 +744,9 @@ impl Engine {
                 replica,
                 config_hash,
             } => {
-                let svc = service_spec(spec, service)?;
+                let svc =
+                    super::rollout::spec_for(&self.shared, project, spec, service, config_hash)?;
+                let svc = &*svc;
                 let image = self.ensure_image(svc).await?;
                 self.build_and_create(project, service, svc, *replica, config_hash, &image, id)
                     .await?;
@@ -787,7 +794,9 @@ impl Engine {
                 signal,
                 grace,
             } => {
-                let svc = service_spec(spec, service)?;
+                let svc =
+                    super::rollout::spec_for(&self.shared, project, spec, service, config_hash)?;
+                let svc = &*svc;
                 // Fetch first: an image that cannot be had leaves the old
                 // container running.
                 let image = self.ensure_image(svc).await?;
@@ -1114,11 +1123,6 @@ fn state_label(s: StatusState) -> &'static str {
         StatusState::Stopped => "stopped",
         StatusState::Failed => "failed",
     }
-}
-
-fn service_spec<'a>(spec: Option<&'a Project>, service: &ServiceName) -> Result<&'a ServiceSpec> {
-    spec.and_then(|p| p.services.get(service))
-        .ok_or_else(|| anyhow!("service {service} is not in the project any more"))
 }
 
 fn unix_secs(t: SystemTime) -> Option<u64> {

@@ -66,10 +66,13 @@ pub async fn run(
     let mut gone: BTreeMap<NodeName, u64> = BTreeMap::new();
     // When placement must run again for a grace that ends.
     let mut recheck: Option<tokio::time::Instant> = None;
+    let mut rollout =
+        super::rollout::Leader::start(store.clone(), shared.clone(), cancel.child_token());
     loop {
         // Wait for a change (the first pass runs once nodes are listed).
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = rollout.wait() => {}
             _ = sleep_until(recheck) => {
                 recheck = None;
                 tracing::info!("a grace period ended: placing again");
@@ -134,6 +137,7 @@ pub async fn run(
             gone: &mut gone,
             written: &mut written,
             rebalance: &mut rebalance,
+            rollout: &mut rollout,
         };
         match place_all(&store, &shared, leadership, state).await {
             Ok(at) => {
@@ -192,6 +196,7 @@ struct PlaceState<'a> {
     gone: &'a mut BTreeMap<NodeName, u64>,
     written: &'a mut BTreeMap<ProjectName, ScheduleRecord>,
     rebalance: &'a mut BTreeSet<ProjectName>,
+    rollout: &'a mut super::rollout::Leader,
 }
 
 /// Sleeps until `at`, or forever.
@@ -301,6 +306,7 @@ async fn place_all(
         gone,
         written,
         rebalance,
+        rollout,
     } = state;
     // Rebalance requests served by this pass (deleted after the writes).
     let mut served: Vec<ProjectName> = Vec::new();
@@ -374,17 +380,18 @@ async fn place_all(
             // Rewritten when placement changes, when this leader has not
             // claimed the record yet, or for a new project revision (so
             // every agent re-reconciles it and sees the generation).
-            if placed.same_placement(prev.as_ref())
+            let same = placed.same_placement(prev.as_ref());
+            let mut rec = placed.into_record(leadership.token, shared.node.clone(), dp.version);
+            let rolled = rollout.apply(p, project, prev.as_ref(), &mut rec);
+            if same
+                && !rolled
                 && prev.as_ref().is_some_and(|r| {
                     r.fencing_token == leadership.token && r.generation == dp.version
                 })
             {
                 continue;
             }
-            puts.push((
-                p.clone(),
-                placed.into_record(leadership.token, shared.node.clone(), dp.version),
-            ));
+            puts.push((p.clone(), rec));
         }
         for p in d.schedules.keys() {
             if !d.projects.contains_key(p) {
@@ -426,6 +433,10 @@ async fn place_all(
         written.remove(&p);
         tracing::info!(project = %p, "schedule of a removed project deleted");
     }
+    rollout
+        .served(store, &shared.prefix)
+        .await
+        .map_err(PlaceError::Store)?;
     let rdir = shared.prefix.rebalance_dir();
     for p in served {
         store
@@ -460,6 +471,8 @@ mod tests {
             generation: 1,
             services: placed,
             gone_since: gone.iter().map(|(x, t)| (n(x), *t)).collect(),
+            rollouts: BTreeMap::new(),
+            healthy_spec: None,
         }
     }
 

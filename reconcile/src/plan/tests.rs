@@ -49,6 +49,8 @@ fn desired(p: &Project, replicas: &[&str]) -> Desired {
         generation: 1,
         services,
         gone_since: BTreeMap::new(),
+        rollouts: BTreeMap::new(),
+        healthy_spec: None,
     };
     Desired::for_node(p, &rec, &node()).unwrap()
 }
@@ -847,6 +849,8 @@ fn for_node_takes_only_this_nodes_replicas_of_existing_services() {
         generation: 1,
         services: BTreeMap::new(),
         gone_since: BTreeMap::new(),
+        rollouts: BTreeMap::new(),
+        healthy_spec: None,
     };
     let n2 = NodeName::new("n2").unwrap();
     rec.services.insert(

@@ -103,6 +103,7 @@ fn run(case: &Case) -> ServiceRollout {
                     hash: h(*c),
                     state: *state,
                     health: *health,
+                    exit_code: None,
                 },
             );
         }
@@ -537,6 +538,7 @@ fn manual_rollback() {
         hash: h(c),
         state: S::Running,
         health: H::None,
+        exit_code: None,
     };
     ro.step(&cfg1, false, &set, &BTreeMap::new(), 0);
     ro.step(&cfg1, false, &set, &[(1, ob('b'))].into(), 1);
@@ -564,6 +566,7 @@ fn manual_rollback() {
         hash: h('b'),
         state: S::Running,
         health: H::Unhealthy,
+        exit_code: None,
     };
     paused.step(&cfg1, true, &set, &[(1, bad)].into(), 1);
     assert_eq!(paused.phase, Paused);

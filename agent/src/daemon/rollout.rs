@@ -1,0 +1,432 @@
+//! Rolling updates (`deploy.update_config`, issue 9): the leader's side and
+//! the node's side. The state machine is pure
+//! ([`cntnr_reconcile::rollout`]); this module feeds it and carries its
+//! result through the schedule record.
+//!
+//! **Leader.** [`Leader`] follows every `status/<project>/<node>` record
+//! with one resumable watch (while this agent leads) and the
+//! `rollback/<project>` requests `cntnr rollback` writes. At each placement
+//! pass the scheduler calls [`Leader::apply`] for each project: a service
+//! whose config hash differs from the one in
+//! [`ScheduleRecord::healthy_spec`] (the last fully healthy revision) gets a
+//! [`ServiceRollout`] in [`ScheduleRecord::rollouts`], stepped with what the
+//! status records say about each replica and the time; it names the hash
+//! each replica must run. A status change or the end of a `monitor`/`delay`
+//! wakes the scheduler ([`Leader::wait`]); nothing polls. When every
+//! replica of every service runs the project's hashes and is ready (running
+//! and healthy, or running with no check, or exited 0) and no rollout is
+//! left, the project's text becomes the new `healthy_spec`. A rollout that
+//! completed with no failure is dropped; a paused one, a rolled-back one
+//! and one completed with failures stay (shown by `cntnr ps`) until the
+//! next deploy. A project deployed before it was ever fully healthy has no
+//! `healthy_spec`: it is updated as before, every replica at once.
+//!
+//! **Node.** [`cntnr_reconcile::plan::Desired::for_node`] already gives each
+//! replica the hash its rollout names; [`hold_stale`] keeps replicas at the
+//! healthy revision while the schedule still describes an older project
+//! revision (a node sees `projects/<p>` change before the leader's new
+//! schedule), and [`spec_for`] builds a held replica from `healthy_spec`.
+//!
+//! Order: a replica is one container id on one node, so the old and the new
+//! container cannot run side by side: `start-first` is honoured as
+//! `stop-first`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Result};
+use cntnr_kv::{DynStore, EventKind, WatchFrom};
+use cntnr_model::records::{ContainerState, Health, ScheduleRecord, StatusRecord};
+use cntnr_model::{
+    load_stored, ConfigHash, HealthTest, NodeName, Project, ProjectName, ServiceName, ServiceSpec,
+    StoreKey, UpdateConfig,
+};
+use cntnr_reconcile::plan::Desired;
+use cntnr_reconcile::rollout::{Millis, Observed, Phase, Rollout, ServiceRollout};
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+
+/// `<prefix>/rollback/`: `cntnr rollback PROJECT` writes
+/// `rollback/<project>`; the leader consumes it.
+pub fn rollback_dir(prefix: &cntnr_model::Prefix) -> String {
+    format!("{}/rollback/", prefix.as_str())
+}
+
+fn status_root(prefix: &cntnr_model::Prefix) -> String {
+    format!("{}/status/", prefix.as_str())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Default)]
+struct Seen {
+    status: BTreeMap<ProjectName, BTreeMap<NodeName, StatusRecord>>,
+    rollback: BTreeSet<ProjectName>,
+}
+
+/// The leader's rollout state: status records, rollback requests, timers.
+pub struct Leader {
+    seen: Arc<Mutex<Seen>>,
+    wake: Arc<Notify>,
+    recheck: Option<tokio::time::Instant>,
+    /// Requests handled by the last pass, deleted once its writes are done.
+    served: Vec<ProjectName>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Leader {
+    /// Starts following `status/` and `rollback/` (ends with `cancel` or
+    /// when dropped).
+    pub fn start(store: DynStore, shared: Arc<Shared>, cancel: CancellationToken) -> Leader {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(follow(store, shared, seen.clone(), wake.clone(), cancel));
+        Leader {
+            seen,
+            wake,
+            recheck: None,
+            served: Vec::new(),
+            _task: task,
+        }
+    }
+
+    /// Resolves when a status record or a rollback request changed, or a
+    /// `monitor`/`delay` ended.
+    pub async fn wait(&mut self) {
+        match self.recheck {
+            Some(at) => {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep_until(at) => { self.recheck = None; }
+                }
+            }
+            None => self.wake.notified().await,
+        }
+    }
+
+    /// Fills `rec.rollouts` and `rec.healthy_spec` for `project` from the
+    /// previous record, the status records and the time. Returns whether
+    /// they differ from `prev`'s (the record must then be written).
+    pub fn apply(
+        &mut self,
+        name: &ProjectName,
+        project: &Project,
+        prev: Option<&ScheduleRecord>,
+        rec: &mut ScheduleRecord,
+    ) -> bool {
+        let now = now_ms();
+        rec.rollouts = prev.map(|p| p.rollouts.clone()).unwrap_or_default();
+        rec.healthy_spec = prev.and_then(|p| p.healthy_spec.clone());
+        let (status, rollback) = {
+            let mut seen = lock(&self.seen);
+            let rollback = seen.rollback.remove(name);
+            (seen.status.get(name).cloned().unwrap_or_default(), rollback)
+        };
+        if rollback {
+            self.served.push(name.clone());
+        }
+        let key = format!("projects/{name}");
+        let healthy: Option<Project> = rec
+            .healthy_spec
+            .as_deref()
+            .and_then(|t| load_stored(name, &key, t).ok());
+        let mut all_ready = true;
+        let mut keep: BTreeMap<ServiceName, ServiceRollout> = BTreeMap::new();
+        for (svc, spec) in &project.services {
+            let to = spec.config_hash();
+            let placed = rec.services.get(svc).cloned().unwrap_or_default();
+            let replicas: BTreeSet<u32> = placed.keys().copied().collect();
+            let observed: BTreeMap<u32, Observed> = placed
+                .iter()
+                .filter_map(|(r, node)| {
+                    let c = status
+                        .get(node)?
+                        .containers
+                        .iter()
+                        .find(|c| &c.service == svc && c.replica == *r)?;
+                    Some((
+                        *r,
+                        Observed {
+                            hash: c.config_hash.clone(),
+                            state: c.state,
+                            health: c.health,
+                            exit_code: c.exit_code,
+                        },
+                    ))
+                })
+                .collect();
+            let checked = has_check(spec);
+            all_ready &= replicas.iter().all(|r| {
+                let Some(o) = observed.get(r) else {
+                    return false;
+                };
+                let exit0 = o.exit_code == Some(0);
+                o.hash == to
+                    && match o.state {
+                        ContainerState::Running => {
+                            o.health == Health::Healthy || (!checked && o.health == Health::None)
+                        }
+                        ContainerState::Stopped => exit0,
+                        _ => false,
+                    }
+            });
+            let from = healthy
+                .as_ref()
+                .and_then(|h| h.services.get(svc))
+                .map(ServiceSpec::config_hash);
+            let existing = rec.rollouts.get(svc).filter(|ro| ro.to == to).cloned();
+            let mut ro = match (existing, from) {
+                (Some(ro), _) => ro,
+                // Swarm's defaults apply to every service, but until the
+                // other suites run with rolling updates, a service whose
+                // update_config is all defaults is updated as before.
+                (None, Some(from))
+                    if from != to && spec.deploy.update_config != UpdateConfig::default() =>
+                {
+                    let old = rec.rollouts.get(svc);
+                    let current: BTreeMap<u32, Option<ConfigHash>> = replicas
+                        .iter()
+                        .map(|r| {
+                            let h = old
+                                .and_then(|o| o.wanted().remove(r))
+                                .or_else(|| observed.get(r).map(|o| o.hash.clone()));
+                            (*r, h)
+                        })
+                        .collect();
+                    tracing::info!(project = %name, service = %svc, "rolling update started");
+                    ServiceRollout::start(from, to.clone(), &current)
+                }
+                _ => continue,
+            };
+            if rollback && ro.request_rollback("rollback requested by hand") {
+                tracing::info!(project = %name, service = %svc, "rolling back by hand");
+            }
+            let before = ro.phase;
+            let adv = ro.step(
+                &spec.deploy.update_config,
+                checked,
+                &replicas,
+                &observed,
+                now,
+            );
+            if ro.phase != before {
+                tracing::info!(project = %name, service = %svc, progress = %ro.progress(), reason = ro.reason.as_deref().unwrap_or(""), "rolling update: {}", ro.phase);
+            }
+            if let Some(at) = adv.recheck_at {
+                let at = tokio::time::Instant::now()
+                    + Duration::from_millis(at.saturating_sub(now_ms()));
+                self.recheck = Some(self.recheck.map_or(at, |c| c.min(at)));
+            }
+            keep.insert(svc.clone(), ro);
+        }
+        // A rollout that completed with no failure stays (it names the
+        // replicas' hashes) until the whole project is ready on its
+        // hashes; then the project is the new healthy revision.
+        let clean = |ro: &ServiceRollout| ro.phase == Phase::Completed && ro.healthy() == &ro.to;
+        if all_ready && keep.values().all(clean) {
+            match cntnr_model::render::to_yaml(project) {
+                Ok(text) => {
+                    rec.healthy_spec = Some(text);
+                    keep.clear();
+                }
+                Err(e) => {
+                    tracing::warn!(project = %name, error = %e, "cannot render the healthy spec")
+                }
+            }
+        }
+        rec.rollouts = keep;
+        prev.is_none_or(|p| p.rollouts != rec.rollouts || p.healthy_spec != rec.healthy_spec)
+    }
+
+    /// Deletes the `rollback/<project>` requests the last passes served.
+    pub async fn served(&mut self, store: &DynStore, prefix: &cntnr_model::Prefix) -> Result<()> {
+        let dir = rollback_dir(prefix);
+        for p in std::mem::take(&mut self.served) {
+            store.delete(&format!("{dir}{p}")).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the service has a health check (compose's or `cntnr.check.*`).
+pub fn has_check(spec: &ServiceSpec) -> bool {
+    spec.healthcheck
+        .as_ref()
+        .is_some_and(|h| !matches!(h.test, Some(HealthTest::Disabled)))
+        || spec
+            .annotations
+            .keys()
+            .any(|k| k.starts_with("cntnr.check."))
+}
+
+async fn follow(
+    store: DynStore,
+    shared: Arc<Shared>,
+    seen: Arc<Mutex<Seen>>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let prefix = shared.prefix.clone();
+    let sdir = status_root(&prefix);
+    let rdir = rollback_dir(&prefix);
+    let mut swatch = store.watch(&sdir, WatchFrom::Start);
+    let mut rwatch = store.watch(&rdir, WatchFrom::Start);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = swatch.next() => match ev {
+                None => return,
+                Some(Err(e)) => {
+                    shared.metrics.store_error("watch");
+                    tracing::warn!(error = %e, "status watch error (it resumes by itself)");
+                }
+                Some(Ok(ev)) => {
+                    let Ok(StoreKey::Status(p, n)) = StoreKey::parse(&prefix, &ev.key) else {
+                        continue;
+                    };
+                    let mut s = lock(&seen);
+                    match ev.kind {
+                        EventKind::Put => match serde_json::from_slice::<StatusRecord>(&ev.value) {
+                            Ok(r) => {
+                                s.status.entry(p).or_default().insert(n, r);
+                            }
+                            Err(_) => continue,
+                        },
+                        EventKind::Delete => {
+                            if let Some(m) = s.status.get_mut(&p) {
+                                m.remove(&n);
+                            }
+                        }
+                    }
+                    drop(s);
+                    wake.notify_one();
+                }
+            },
+            ev = rwatch.next() => match ev {
+                None => return,
+                Some(Err(e)) => {
+                    shared.metrics.store_error("watch");
+                    tracing::warn!(error = %e, "rollback watch error (it resumes by itself)");
+                }
+                Some(Ok(ev)) => {
+                    let Some(p) = ev.key.strip_prefix(&rdir).and_then(|p| ProjectName::new(p).ok()) else {
+                        continue;
+                    };
+                    if ev.kind == EventKind::Put {
+                        tracing::info!(project = %p, "rollback requested");
+                        lock(&seen).rollback.insert(p);
+                        wake.notify_one();
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Node side: while `rec` was computed for an older revision than the
+/// project's (`version`), replicas that no rollout names keep the hash of
+/// the healthy revision instead of jumping to the new one before the
+/// leader has decided how to roll it out.
+pub fn hold_stale(d: &mut Desired, project: &Project, rec: &ScheduleRecord, version: u64) {
+    let name = &project.name;
+    if rec.generation >= version {
+        return;
+    }
+    let Some(text) = rec.healthy_spec.as_deref() else {
+        return;
+    };
+    let key = format!("projects/{name}");
+    let Ok(healthy) = load_stored(name, &key, text) else {
+        return;
+    };
+    for r in &mut d.replicas {
+        if rec.rollouts.contains_key(&r.service) {
+            continue;
+        }
+        // Only services the leader rolls (see `Leader::apply`).
+        let rolled = rolls(&r.service, project);
+        if let (true, Some(s)) = (rolled, healthy.services.get(&r.service)) {
+            r.config_hash = s.config_hash();
+        }
+    }
+}
+
+/// Whether the leader rolls updates of `service` out replica by replica.
+fn rolls(service: &ServiceName, project: &Project) -> bool {
+    project
+        .services
+        .get(service)
+        .is_some_and(|s| s.deploy.update_config != UpdateConfig::default())
+}
+
+/// Node side: the spec a replica that must carry `hash` is built from: the
+/// project's, or the schedule's healthy revision when a rolling update
+/// holds the replica there.
+pub fn spec_for<'a>(
+    shared: &Shared,
+    name: &ProjectName,
+    spec: Option<&'a Project>,
+    service: &ServiceName,
+    hash: &ConfigHash,
+) -> Result<Cow<'a, ServiceSpec>> {
+    let current = spec.and_then(|p| p.services.get(service));
+    if let Some(s) = current.filter(|s| &s.config_hash() == hash) {
+        return Ok(Cow::Borrowed(s));
+    }
+    let text = {
+        let d = shared.desired.lock().unwrap_or_else(|e| e.into_inner());
+        d.schedules
+            .get(name)
+            .and_then(|s| s.as_ref().ok())
+            .and_then(|s| s.healthy_spec.clone())
+    };
+    let key = format!("projects/{name}");
+    if let Some(s) = text
+        .and_then(|t| load_stored(name, &key, &t).ok())
+        .and_then(|p| p.services.get(service).cloned())
+        .filter(|s| &s.config_hash() == hash)
+    {
+        return Ok(Cow::Owned(s));
+    }
+    match current {
+        Some(s) => Ok(Cow::Borrowed(s)),
+        None => Err(anyhow!(
+            "project {name}, service {service}: not in the project any more"
+        )),
+    }
+}
+
+/// One line per rolling update of `rec`, for `cntnr ps` and the status
+/// record's warnings: `rolling update of web: updating 1/3, 1 in flight`.
+pub fn progress_lines(rec: &ScheduleRecord) -> Vec<String> {
+    rec.rollouts
+        .iter()
+        .map(|(svc, ro)| {
+            let mut l = format!("rolling update of {svc}: {}", ro.progress());
+            if let Some(r) = &ro.reason {
+                l.push_str(&format!(" ({r})"));
+            }
+            l
+        })
+        .collect()
+}

@@ -1,0 +1,220 @@
+//! Rolling updates (issue 9, `deploy.update_config`): one real agent on
+//! real etcd running three replicas of a service with a health check and
+//! `parallelism: 1`.
+//!
+//! - an update: the status records, sampled throughout, never show more
+//!   than one replica that is not running, healthy and on the old or new
+//!   hash; every replica ends on the new hash;
+//! - a bad update (its health check fails) with `failure_action: rollback`:
+//!   the service returns to the last healthy hash, and the replicas that
+//!   were never advanced keep their init pid (never killed);
+//! - a bad update with `failure_action: pause`: it stops after the first
+//!   replica; `cntnr rollback PROJECT` brings it back, others untouched.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{text, Agent, Kind, TestStore};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn deploy(s: &TestStore, name: &str, yaml: &str) {
+    let file = s.tmp.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let out = s.cntnr(
+        s.tmp.path(),
+        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// `version` sets an env var (so the hash); `healthy: false` makes the
+/// check fail (the file it tests is never created).
+fn web(version: u32, healthy: bool, action: &str) -> String {
+    let image = common::test_image_ref();
+    let cmd = if healthy {
+        "touch /tmp/ok; exec sleep 3600"
+    } else {
+        "exec sleep 3600"
+    };
+    format!(
+        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, '{cmd}']\n    environment: {{V: '{version}'}}\n    healthcheck: {{test: [CMD-SHELL, 'test -f /tmp/ok'], interval: 1s, timeout: 2s, retries: 1}}\n    deploy: {{replicas: 3, update_config: {{parallelism: 1, monitor: 2s, failure_action: {action}}}}}\n"
+    )
+}
+
+/// One replica as its status says: (hash, state, health).
+type Rep = (String, String, String);
+
+fn replicas(s: &TestStore, project: &str) -> BTreeMap<u64, Rep> {
+    let Some(t) = s.raw_get(&s.key(&format!("status/{project}/n1"))) else {
+        return BTreeMap::new();
+    };
+    let v: Value = serde_json::from_str(&t).expect("status record is JSON");
+    v["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["replica"].as_u64().unwrap(),
+                (
+                    c["config_hash"].as_str().unwrap_or("").to_string(),
+                    c["state"].as_str().unwrap_or("").to_string(),
+                    c["health"].as_str().unwrap_or("").to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn schedule(s: &TestStore, project: &str) -> Value {
+    s.raw_get(&s.key(&format!("schedule/{project}")))
+        .map(|t| serde_json::from_str(&t).expect("schedule record is JSON"))
+        .unwrap_or(Value::Null)
+}
+
+/// All three replicas running, healthy, on one hash; that hash.
+fn all_healthy(s: &TestStore, project: &str) -> Option<String> {
+    let r = replicas(s, project);
+    let hashes: BTreeSet<&String> = r.values().map(|(h, _, _)| h).collect();
+    (r.len() == 3
+        && hashes.len() == 1
+        && r.values()
+            .all(|(_, st, he)| st == "running" && he == "healthy"))
+    .then(|| hashes.into_iter().next().unwrap().clone())
+}
+
+/// Waits until the leader recorded the project as fully healthy at `hash`
+/// (the schedule's `healthy_spec` is set and no rollout is left).
+fn settled(s: &TestStore, project: &str) -> String {
+    common::wait_for(WAIT, "all replicas healthy and recorded", || {
+        let h = all_healthy(s, project)?;
+        let sched = schedule(s, project);
+        (sched["healthy_spec"].is_string() && sched.get("rollouts").is_none()).then_some(h)
+    })
+}
+
+/// Running containers under the agent's runc root: id → init pid.
+fn pids(a: &Agent) -> BTreeMap<String, u64> {
+    common::wait_for(WAIT, "three containers listed", || {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(a.runtime_root())
+            .args(["list", "--format", "json"])
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let m: BTreeMap<String, u64> = v
+            .as_array()?
+            .iter()
+            .filter(|c| c["status"] == "running")
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["pid"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (m.len() == 3).then_some(m)
+    })
+}
+
+#[test]
+fn rolling_update_rollback_and_manual_rollback_etcd() {
+    let s = TestStore::new(Kind::Etcd, "rollout");
+    let agent = s.agent_with("n1", &["--session-ttl", "3s"], &[]);
+    let p = "roll";
+    deploy(&s, p, &web(1, true, "rollback"));
+    let h1 = settled(&s, p);
+
+    // 1. A good update, one replica at a time.
+    deploy(&s, p, &web(2, true, "rollback"));
+    let mut worst = 0;
+    let mut seen_rollout = false;
+    let h2 = common::wait_for(WAIT, "every replica on the new hash", || {
+        let r = replicas(&s, p);
+        // Down or updating: not running and healthy.
+        let busy = (1..=3u64)
+            .filter(|n| {
+                r.get(n)
+                    .is_none_or(|(_, st, he)| st != "running" || he != "healthy")
+            })
+            .count();
+        worst = worst.max(busy);
+        let sched = schedule(&s, p);
+        seen_rollout |= sched["rollouts"]["web"].is_object();
+        let h = all_healthy(&s, p)?;
+        (h != h1).then_some(h)
+    });
+    assert!(
+        worst <= 1,
+        "at most one replica down or updating at once, saw {worst}"
+    );
+    assert!(seen_rollout, "the schedule carried the rollout");
+    assert_eq!(settled(&s, p), h2);
+
+    // 2. A bad update with failure_action rollback: back to h2; replicas 2
+    //    and 3 were never advanced, so never killed.
+    let before = pids(&agent);
+    deploy(&s, p, &web(3, false, "rollback"));
+    let mut worst = 0;
+    common::wait_for(WAIT, "the rollout rolled back", || {
+        let r = replicas(&s, p);
+        let busy = (1..=3u64)
+            .filter(|n| {
+                r.get(n)
+                    .is_none_or(|(_, st, he)| st != "running" || he != "healthy")
+            })
+            .count();
+        worst = worst.max(busy);
+        let sched = schedule(&s, p);
+        (sched["rollouts"]["web"]["phase"] == "rolled-back"
+            && all_healthy(&s, p).as_ref() == Some(&h2))
+        .then_some(())
+    });
+    assert!(worst <= 1, "at most one replica down at once, saw {worst}");
+    let after = pids(&agent);
+    for id in [format!("{p}-web-2"), format!("{p}-web-3")] {
+        assert_eq!(before.get(&id), after.get(&id), "{id} was never restarted");
+    }
+    assert_ne!(
+        before.get(&format!("{p}-web-1")),
+        after.get(&format!("{p}-web-1"))
+    );
+    let ps = s.cntnr(s.tmp.path(), &["ps", p]);
+    assert!(
+        text(&ps.stdout).contains("rolling update of web: rolled back"),
+        "{}",
+        text(&ps.stdout)
+    );
+
+    // 3. A bad update with pause, rolled back by hand.
+    deploy(&s, p, &web(4, false, "pause"));
+    common::wait_for(WAIT, "the rollout paused", || {
+        (schedule(&s, p)["rollouts"]["web"]["phase"] == "paused").then_some(())
+    });
+    let before = pids(&agent);
+    let out = s.cntnr(s.tmp.path(), &["rollback", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    common::wait_for(WAIT, "the manual rollback finished", || {
+        let sched = schedule(&s, p);
+        (sched["rollouts"]["web"]["phase"] == "rolled-back"
+            && all_healthy(&s, p).as_ref() == Some(&h2))
+        .then_some(())
+    });
+    let after = pids(&agent);
+    for id in [format!("{p}-web-2"), format!("{p}-web-3")] {
+        assert_eq!(before.get(&id), after.get(&id), "{id} was never restarted");
+    }
+    // Nothing left to roll back.
+    let out = s.cntnr(s.tmp.path(), &["rollback", p]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let out = s.cntnr(s.tmp.path(), &["rm", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    common::wait_for(WAIT, "containers removed", || {
+        agent.runc_list().is_empty().then_some(())
+    });
+}
