@@ -81,6 +81,9 @@ pub struct Leader {
     recheck: Option<tokio::time::Instant>,
     /// Requests handled by the last pass, deleted once its writes are done.
     served: Vec<ProjectName>,
+    /// The project revision each `healthy_spec` this leader wrote renders
+    /// (so a steady project is not rendered again at every pass).
+    rendered: BTreeMap<ProjectName, u64>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,6 +109,7 @@ impl Leader {
             wake,
             recheck: None,
             served: Vec::new(),
+            rendered: BTreeMap::new(),
             _task: task,
         }
     }
@@ -243,7 +247,11 @@ impl Leader {
         // replicas' hashes) until the whole project is ready on its
         // hashes; then the project is the new healthy revision.
         let clean = |ro: &ServiceRollout| ro.phase == Phase::Completed && ro.healthy() == &ro.to;
-        if all_ready && keep.values().all(clean) {
+        let fresh = self.rendered.get(name) == Some(&rec.generation)
+            && keep.is_empty()
+            && rec.healthy_spec.is_some();
+        if all_ready && !fresh && keep.values().all(clean) {
+            self.rendered.insert(name.clone(), rec.generation);
             match cntnr_model::render::to_yaml(project) {
                 Ok(text) => {
                     rec.healthy_spec = Some(text);

@@ -607,3 +607,27 @@ fn record_round_trips() {
     let back: ServiceRollout = serde_json::from_str(&text).unwrap();
     assert_eq!(back, ro);
 }
+
+#[test]
+fn a_one_shot_replica_that_exits_0_is_ready_and_one_that_exits_1_failed() {
+    let c = cfg(1, 0, 0, Pause, 0.0);
+    let set: BTreeSet<Replica> = [1, 2].into();
+    let start: BTreeMap<Replica, Option<ConfigHash>> =
+        [(1, Some(h('a'))), (2, Some(h('a')))].into();
+    let mut ro = ServiceRollout::start(h('a'), h('b'), &start);
+    let exited = |code| Observed {
+        hash: h('b'),
+        state: S::Stopped,
+        health: H::None,
+        exit_code: Some(code),
+    };
+    ro.step(&c, false, &set, &BTreeMap::new(), 0);
+    let adv = ro.step(&c, false, &set, &[(1, exited(0))].into(), 1);
+    assert_eq!(adv.advanced, vec![2]);
+    ro.step(&c, false, &set, &[(1, exited(0)), (2, exited(1))].into(), 2);
+    assert_eq!(ro.phase, Paused);
+    assert_eq!(
+        ro.reason.as_deref(),
+        Some("1 of 2 replicas failed to update (replica 2: exited 1)")
+    );
+}
