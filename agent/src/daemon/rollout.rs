@@ -438,3 +438,68 @@ pub fn progress_lines(rec: &ScheduleRecord) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(v: u32) -> (Project, String) {
+        let text = format!(
+            "services:\n  rolled:\n    image: busybox\n    environment: {{V: '{v}'}}\n    deploy: {{replicas: 2, update_config: {{monitor: 1s}}}}\n  plain:\n    image: busybox\n    environment: {{V: '{v}'}}\n"
+        );
+        let name = ProjectName::new("p").unwrap();
+        (load_stored(&name, "projects/p", &text).unwrap(), text)
+    }
+
+    fn record(healthy: &str, generation: u64) -> ScheduleRecord {
+        let n = NodeName::new("n1").unwrap();
+        let svc = |s: &str| ServiceName::new(s).unwrap();
+        ScheduleRecord {
+            fencing_token: 1,
+            leader: n.clone(),
+            generation,
+            services: [
+                (svc("rolled"), [(1, n.clone()), (2, n.clone())].into()),
+                (svc("plain"), [(1, n.clone())].into()),
+            ]
+            .into(),
+            gone_since: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
+            healthy_spec: Some(healthy.to_string()),
+        }
+    }
+
+    fn hashes(d: &Desired) -> Vec<(String, ConfigHash)> {
+        d.replicas
+            .iter()
+            .map(|r| (r.id.to_string(), r.config_hash.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_stale_schedule_holds_rolled_services_at_the_healthy_revision() {
+        let (v1, t1) = project(1);
+        let (v2, _) = project(2);
+        let h = |p: &Project, s: &str| p.services[&ServiceName::new(s).unwrap()].config_hash();
+        let node = NodeName::new("n1").unwrap();
+        // The schedule was computed for revision 1; the project is at 2.
+        let rec = record(&t1, 1);
+        let mut d = Desired::for_node(&v2, &rec, &node).unwrap();
+        hold_stale(&mut d, &v2, &rec, 2);
+        assert_eq!(
+            hashes(&d),
+            vec![
+                ("p-plain-1".into(), h(&v2, "plain")),
+                ("p-rolled-1".into(), h(&v1, "rolled")),
+                ("p-rolled-2".into(), h(&v1, "rolled")),
+            ]
+        );
+        // Once the leader wrote the schedule for revision 2, nothing held.
+        let rec = record(&t1, 2);
+        let mut d = Desired::for_node(&v2, &rec, &node).unwrap();
+        hold_stale(&mut d, &v2, &rec, 2);
+        assert!(hashes(&d)
+            .iter()
+            .all(|(id, x)| *x == h(&v2, id.split('-').nth(1).unwrap())));
+    }
+}
