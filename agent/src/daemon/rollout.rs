@@ -11,8 +11,9 @@
 //! [`ScheduleRecord::healthy_spec`] (the last fully healthy revision) gets a
 //! [`ServiceRollout`] in [`ScheduleRecord::rollouts`], stepped with what the
 //! status records say about each replica and the time; it names the hash
-//! each replica must run. A status change or the end of a `monitor`/`delay`
-//! wakes the scheduler ([`Leader::wait`]); nothing polls. When every
+//! each replica must run. A status change of a project with a rollout left
+//! or not yet recorded healthy, or the end of a `monitor`/`delay`, wakes
+//! the scheduler ([`Leader::wait`]); nothing polls. When every
 //! replica of every service runs the project's hashes and is ready (running
 //! and healthy, or running with no check, or exited 0) and no rollout is
 //! left, the project's text becomes the new `healthy_spec`. A rollout that
@@ -72,6 +73,10 @@ pub fn now_ms() -> Millis {
 struct Seen {
     status: BTreeMap<ProjectName, BTreeMap<NodeName, StatusRecord>>,
     rollback: BTreeSet<ProjectName>,
+    /// Projects whose status changes matter: a rollout is left, or the
+    /// current revision is not yet recorded as healthy. Other status
+    /// changes do not wake the scheduler.
+    watched: BTreeSet<ProjectName>,
 }
 
 /// The leader's rollout state: status records, rollback requests, timers.
@@ -263,6 +268,16 @@ impl Leader {
             }
         }
         rec.rollouts = keep;
+        let settled = rec.rollouts.is_empty()
+            && rec.healthy_spec.is_some()
+            && self.rendered.get(name) == Some(&rec.generation);
+        let mut seen = lock(&self.seen);
+        if settled {
+            seen.watched.remove(name);
+        } else {
+            seen.watched.insert(name.clone());
+        }
+        drop(seen);
         prev.is_none_or(|p| p.rollouts != rec.rollouts || p.healthy_spec != rec.healthy_spec)
     }
 
@@ -313,6 +328,7 @@ async fn follow(
                         continue;
                     };
                     let mut s = lock(&seen);
+                    let wanted = s.watched.contains(&p);
                     match ev.kind {
                         EventKind::Put => match serde_json::from_slice::<StatusRecord>(&ev.value) {
                             Ok(r) => {
@@ -327,7 +343,9 @@ async fn follow(
                         }
                     }
                     drop(s);
-                    wake.notify_one();
+                    if wanted {
+                        wake.notify_one();
+                    }
                 }
             },
             ev = rwatch.next() => match ev {
