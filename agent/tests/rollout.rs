@@ -1,5 +1,5 @@
 //! Rolling updates (issue 9, `deploy.update_config`): one real agent on
-//! real etcd running three replicas of a service with a health check and
+//! real etcd, and on real Consul, running three replicas of a service with a health check and
 //! `parallelism: 1`.
 //!
 //! - an update: the status records, sampled throughout, never show more
@@ -122,10 +122,10 @@ fn pids(a: &Agent) -> BTreeMap<String, u64> {
     })
 }
 
-#[test]
-fn rolling_update_rollback_and_manual_rollback_etcd() {
-    let s = TestStore::new(Kind::Etcd, "rollout");
-    let agent = s.agent_with("n1", &["--session-ttl", "3s"], &[]);
+fn rolling_update_rollback_and_manual_rollback(kind: Kind) {
+    let s = TestStore::new(kind, "rollout");
+    let ttl = if kind == Kind::Consul { "10s" } else { "3s" };
+    let agent = s.agent_with("n1", &["--session-ttl", ttl], &[]);
     let p = "roll";
     deploy(&s, p, &web(1, true, "rollback"));
     let h1 = settled(&s, p);
@@ -217,4 +217,14 @@ fn rolling_update_rollback_and_manual_rollback_etcd() {
     common::wait_for(WAIT, "containers removed", || {
         agent.runc_list().is_empty().then_some(())
     });
+}
+
+#[test]
+fn rolling_update_rollback_and_manual_rollback_etcd() {
+    rolling_update_rollback_and_manual_rollback(Kind::Etcd);
+}
+
+#[test]
+fn rolling_update_rollback_and_manual_rollback_consul() {
+    rolling_update_rollback_and_manual_rollback(Kind::Consul);
 }
