@@ -110,6 +110,10 @@ pub struct AgentArgs {
     /// are created concurrently up to this limit).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub parallel: u16,
+    /// Env sync's quiet period: a burst of config changes within it causes
+    /// one update (one restart in restart mode).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub env_debounce: Duration,
     /// A registry (`host[:port]`) reached over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
@@ -501,6 +505,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 shared: shared.clone(),
                 signals: signals.clone(),
                 ttl: args.session_ttl,
+                env_debounce: args.env_debounce,
                 node_record: node_record.clone(),
             };
             match epoch.run(&mut config, &args.connect).await {
@@ -553,6 +558,7 @@ struct Epoch {
     shared: Arc<Shared>,
     signals: Signals,
     ttl: Duration,
+    env_debounce: Duration,
     node_record: cntnr_model::records::NodeRecord,
 }
 
@@ -635,6 +641,31 @@ impl Epoch {
             status_cancel.clone(),
         ));
         let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
+        // Env sync and replica elections for this session: a debounced
+        // change requeues its project; signals go out through runc.
+        let (envsync, mut env_signals) = crate::envsync::engine::EnvSync::new(
+            self.store.clone(),
+            shared.prefix.clone(),
+            crate::envsync::watch::SyncConfig::with_debounce(self.env_debounce),
+            crate::election_replica::ElectionTiming::new(self.ttl),
+        );
+        envsync.set_triggers(Some(trigger_tx.clone()));
+        self.engine.set_envsync(Some(envsync.clone()));
+        {
+            let engine = self.engine.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(named("env-signals", async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        r = env_signals.recv() => match r {
+                            Some(req) => engine.deliver_signal(&req).await,
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            }));
+        }
         tasks.spawn(named(
             "desired",
             desired::run(
@@ -695,6 +726,8 @@ impl Epoch {
             tracing::warn!("status writer did not stop in time; aborting it");
             status_task.abort();
         }
+        self.engine.set_envsync(None);
+        envsync.shutdown();
         shared.set_leading(None);
         shared.set_session(None);
         if !session.is_lost() {
