@@ -159,6 +159,18 @@ fn config_changes_per_mode_burst_and_secrets(kind: Kind) {
     assert!(!logs(&a, "quiet", 1).contains("s3cret-two"));
     assert_eq!(recreates(&a, "shop-web-1"), 1);
     assert_eq!(recreates(&a, "shop-web-2"), 1);
+    // One at a time: replica 2 went only after replica 1 was running again.
+    let log = a.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |f: &dyn Fn(&str) -> bool| lines.iter().position(|l| f(l)).unwrap();
+    let r1 = at(&|l| l.contains("values changed; recreating") && l.contains("shop-web-1"));
+    let r2 = at(&|l| l.contains("values changed; recreating") && l.contains("shop-web-2"));
+    let started = lines
+        .iter()
+        .enumerate()
+        .position(|(i, l)| i > r1 && l.contains("applying") && l.contains("start shop-web-1"))
+        .expect("web-1 started again");
+    assert!(r1 < started && started < r2, "{log}");
 
     // 20 writes within the quiet period: each replica recreated once more.
     for i in 0..20 {
