@@ -440,3 +440,126 @@ fn service_sync_follows_scaling(kind: Kind) {
 fn service_sync_follows_scaling_etcd() {
     service_sync_follows_scaling(Kind::Etcd);
 }
+
+/// What one replica of `web` shows on an agent: running in runc, and the
+/// value its process wrote to `/ready` once "ready" (the health check
+/// tests that file), read from the bundle's overlay upper dir (or the
+/// rootless rootfs).
+fn ready_value(a: &Agent, running: &BTreeMap<String, u64>, id: &str) -> Option<String> {
+    if !running.contains_key(id) {
+        return None;
+    }
+    let bundle = a.state_dir().join("bundles").join(id);
+    ["upper/ready", "rootfs/ready"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(bundle.join(p)).ok())
+        .map(|t| t.trim().to_string())
+}
+
+/// Every `web` replica on both agents: container id → value it is ready
+/// with (absent: down, being recreated, or not ready yet).
+fn ready_replicas(agents: &[&Agent]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for a in agents {
+        let r = running(a);
+        for id in ["shop-web-1", "shop-web-2"] {
+            if let Some(v) = ready_value(a, &r, id) {
+                out.insert(id.to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+/// Restart mode across nodes: two replicas of a service with a health
+/// check, one per agent. A changed value recreates them one at a time
+/// across the cluster (the roll lock `envroll/shop/web`): sampled every
+/// 50 ms, at least one replica is always running and ready; both end
+/// with the new value, and the lock is released.
+fn restart_roll_is_one_at_a_time_across_agents(kind: Kind) {
+    let s = TestStore::new(kind, "envroll");
+    let a1 = s.agent_with("n1", &["--env-debounce", "1s"], &[]);
+    let a2 = s.agent_with("n2", &["--env-debounce", "1s"], &[]);
+    let img = common::test_image_ref();
+    config_set(&s, "greeting", "roll-one");
+    // Ready 2 s after start: long enough for any overlap to be seen.
+    let yaml = format!(
+        "services:\n  web:\n    image: {img}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, 'sleep 2; echo $$GREETING > /ready; exec sleep 3600']\n    healthcheck: {{test: [CMD-SHELL, 'test -f /ready'], interval: 1s, timeout: 5s}}\n    deploy: {{replicas: 2, placement: {{max_replicas_per_node: 1}}}}\n    annotations:\n      cntnr.env.GREETING: kv:greeting\n"
+    );
+    let out = deploy(&s, "shop", &yaml);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let agents = [&a1, &a2];
+    wait_for(WAIT, "both replicas ready with the first value", || {
+        let r = ready_replicas(&agents);
+        (r.len() == 2 && r.values().all(|v| v == "roll-one")).then_some(())
+    });
+    for a in agents {
+        assert_eq!(
+            running(a)
+                .keys()
+                .filter(|k| k.starts_with("shop-web-"))
+                .count(),
+            1,
+            "one replica per agent"
+        );
+    }
+
+    config_set(&s, "greeting", "roll-two");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut samples = Vec::new();
+    loop {
+        let r = ready_replicas(&agents);
+        let done = r.len() == 2 && r.values().all(|v| v == "roll-two");
+        samples.push(r);
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the roll did not finish: {:?}",
+            samples.last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down_at_once = samples.iter().filter(|r| r.is_empty()).count();
+    assert_eq!(
+        down_at_once,
+        0,
+        "both replicas down at once in {down_at_once} of {} samples",
+        samples.len()
+    );
+    // Each replica went through a down phase (it was recreated).
+    for id in ["shop-web-1", "shop-web-2"] {
+        assert!(
+            samples.iter().any(|r| !r.contains_key(id)),
+            "{id} never recreated"
+        );
+    }
+    let total: usize = agents
+        .iter()
+        .flat_map(|a| ["shop-web-1", "shop-web-2"].map(|id| recreates(a, id)))
+        .sum();
+    assert_eq!(total, 2, "one recreate each");
+    wait_for(WAIT, "the roll lock released", || {
+        s.raw_get(&s.key("envroll/shop/web"))
+            .is_none()
+            .then_some(())
+    });
+    for a in agents {
+        let log = a.log_text();
+        assert!(
+            !log.contains("roll-two") && !log.contains("roll-one"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn restart_roll_is_one_at_a_time_across_agents_etcd() {
+    restart_roll_is_one_at_a_time_across_agents(Kind::Etcd);
+}
+
+#[test]
+fn restart_roll_is_one_at_a_time_across_agents_consul() {
+    restart_roll_is_one_at_a_time_across_agents(Kind::Consul);
+}

@@ -650,6 +650,7 @@ impl Epoch {
             crate::election_replica::ElectionTiming::new(self.ttl),
         );
         envsync.set_triggers(Some(trigger_tx.clone()));
+        envsync.set_session(Some(session.clone()));
         self.engine.set_envsync(Some(envsync.clone()));
         {
             let engine = self.engine.clone();

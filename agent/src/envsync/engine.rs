@@ -15,8 +15,11 @@
 //!   are the container's status error (names only) and it is not created.
 //! - [`EnvSync::plan_env`] after a pass with the project's local
 //!   containers: `Recreate` (restart mode, one replica at a time, only
-//!   while every replica of the service is ready) and `Signal` (signal
-//!   mode; the file is already written) steps.
+//!   while every replica of the service is ready, and across the cluster
+//!   only under the service's roll lock: [`super::roll`]) and `Signal`
+//!   (signal mode; the file is already written) steps.
+//! - [`EnvSync::set_session`] with the agent's session: the roll locks are
+//!   held on it (without one, restarts are one at a time per node only).
 //! - [`EnvSync::sync_elections`] after a pass with the same containers:
 //!   campaigns for running healthy replicas of `cntnr.election` services,
 //!   resigns for stopped or unhealthy ones; a flip of a replica's leader
@@ -27,15 +30,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cntnr_kv::DynStore;
+use cntnr_kv::{DynStore, Session};
 use cntnr_model::{EnvOnChange, Prefix, Project, ProjectName, ServiceName, ServiceSpec};
 use tokio::sync::mpsc;
 
+use super::roll::RollLocks;
 use super::watch::{ProjectSync, SyncConfig};
-use super::{
-    next_to_restart, on_change, render_env_file, resolve, EnvAction, Needs, Readiness,
-    ReplicaEnvState,
-};
+use super::{on_change, render_env_file, resolve, EnvAction, Needs, Readiness, ReplicaEnvState};
 use crate::election_replica::{Candidate, ElectionTiming, ReplicaElection};
 
 /// A signal the daemon should deliver to a container.
@@ -134,6 +135,7 @@ pub struct EnvSync {
     triggers: Mutex<Option<mpsc::UnboundedSender<ProjectName>>>,
     projects: Mutex<BTreeMap<ProjectName, ProjectEntry>>,
     elections: Mutex<BTreeMap<String, ElectionEntry>>,
+    rolls: RollLocks,
     signals: mpsc::UnboundedSender<SignalRequest>,
 }
 
@@ -174,6 +176,7 @@ impl EnvSync {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Arc::new(EnvSync {
+                rolls: RollLocks::new(store.clone(), prefix.clone()),
                 store,
                 prefix,
                 cfg,
@@ -185,6 +188,17 @@ impl EnvSync {
             }),
             rx,
         )
+    }
+
+    /// The agent's session, on which restart mode's roll locks are held
+    /// (`None`: one at a time per node only).
+    pub fn set_session(&self, session: Option<Arc<Session>>) {
+        self.rolls.set_session(session);
+    }
+
+    /// Whether this agent holds `service`'s roll lock (for tests).
+    pub fn holds_roll_lock(&self, project: &ProjectName, service: &ServiceName) -> bool {
+        self.rolls.holds(project, service)
     }
 
     /// Where a debounced change of a project's sources is sent.
@@ -199,6 +213,9 @@ impl EnvSync {
         let needs = spec
             .map(|p| Needs::of(p.services.values().map(|s| &s.agent)))
             .unwrap_or_default();
+        if spec.is_none() {
+            self.rolls.forget(project, &[]);
+        }
         let mut projects = lock(&self.projects);
         if let Some(e) = projects.get(project) {
             if *e.sync.needs() == needs {
@@ -265,7 +282,9 @@ impl EnvSync {
     /// What the project's running containers need after their sources
     /// changed. Signal mode: the file is rewritten here, the step asks for
     /// the signal. Restart mode: at most one `Recreate` per service, only
-    /// while all its local replicas are ready.
+    /// while all its local replicas are ready and this agent holds the
+    /// service's roll lock (the campaign runs in the background and
+    /// requeues the project when won).
     pub fn plan_env(
         &self,
         project: &ProjectName,
@@ -273,6 +292,15 @@ impl EnvSync {
         containers: &[LocalReplica],
     ) -> Vec<EnvStep> {
         let mut steps = Vec::new();
+        let rolling_services: Vec<ServiceName> = spec
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                !s.agent.env.is_empty() && s.agent.env_on_change == EnvOnChange::Restart
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.rolls.forget(project, &rolling_services);
         for (name, svc) in &spec.services {
             if svc.agent.env.is_empty() {
                 continue;
@@ -323,7 +351,17 @@ impl EnvSync {
                 });
             }
             if svc.agent.env_on_change == EnvOnChange::Restart {
-                if let Some(r) = next_to_restart(&rolling) {
+                // The lock's value: the instance that goes first (no value).
+                let first = rolling
+                    .iter()
+                    .filter(|r| r.stale)
+                    .map(|r| r.replica)
+                    .min()
+                    .and_then(|r| mine.iter().find(|c| c.replica == r))
+                    .map(|c| c.instance.clone())
+                    .unwrap_or_default();
+                let trigger = lock(&self.triggers).clone();
+                if let Some(r) = self.rolls.step(project, name, &rolling, &first, trigger) {
                     if let Some(c) = mine.iter().find(|c| c.replica == r) {
                         steps.push(EnvStep::Recreate(c.id.clone()));
                     }
@@ -435,6 +473,7 @@ impl EnvSync {
         for (_, e) in std::mem::take(&mut *lock(&self.elections)) {
             e.forwarder.abort();
         }
+        self.rolls.shutdown();
     }
 }
 
