@@ -380,6 +380,13 @@ fn config_changes_per_mode_burst_and_secrets_consul() {
     config_changes_per_mode_burst_and_secrets(Kind::Consul);
 }
 
+/// The dir store (one node): restart mode still rolls, through the dir
+/// store's lock.
+#[test]
+fn config_changes_per_mode_burst_and_secrets_dir() {
+    config_changes_per_mode_burst_and_secrets(Kind::Dir);
+}
+
 #[test]
 fn missing_key_waits_and_setting_it_starts_the_container_etcd() {
     missing_key_waits_and_setting_it_starts_the_container(Kind::Etcd);

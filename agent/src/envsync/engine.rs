@@ -203,6 +203,7 @@ impl EnvSync {
 
     /// Where a debounced change of a project's sources is sent.
     pub fn set_triggers(&self, tx: Option<mpsc::UnboundedSender<ProjectName>>) {
+        self.rolls.set_triggers(tx.clone());
         *lock(&self.triggers) = tx;
     }
 
@@ -360,8 +361,7 @@ impl EnvSync {
                     .and_then(|r| mine.iter().find(|c| c.replica == r))
                     .map(|c| c.instance.clone())
                     .unwrap_or_default();
-                let trigger = lock(&self.triggers).clone();
-                if let Some(r) = self.rolls.step(project, name, &rolling, &first, trigger) {
+                if let Some(r) = self.rolls.step(project, name, &rolling, &first) {
                     if let Some(c) = mine.iter().find(|c| c.replica == r) {
                         steps.push(EnvStep::Recreate(c.id.clone()));
                     }

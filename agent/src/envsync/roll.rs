@@ -89,6 +89,7 @@ pub struct RollLocks {
     store: DynStore,
     prefix: Prefix,
     session: Mutex<Option<Arc<Session>>>,
+    triggers: Mutex<Option<mpsc::UnboundedSender<ProjectName>>>,
     entries: Arc<Mutex<BTreeMap<Key, State>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -112,6 +113,7 @@ impl RollLocks {
             store,
             prefix,
             session: Mutex::new(None),
+            triggers: Mutex::new(None),
             entries: Arc::new(Mutex::new(BTreeMap::new())),
             tasks: Mutex::new(Vec::new()),
         }
@@ -122,17 +124,21 @@ impl RollLocks {
         *lock(&self.session) = session;
     }
 
+    /// Where a project is requeued when one of its locks is won, or
+    /// released (a pass that saw it being released may have wanted it).
+    pub fn set_triggers(&self, tx: Option<mpsc::UnboundedSender<ProjectName>>) {
+        *lock(&self.triggers) = tx;
+    }
+
     /// One pass for a restart-mode service whose values are ready: the
     /// replica to recreate now, if any. `value` is the lock's value (the
-    /// instance id of the replica to go: never an env value); `trigger`
-    /// requeues the project once the lock is won.
+    /// instance id of the replica to go: never an env value).
     pub fn step(
         &self,
         project: &ProjectName,
         service: &ServiceName,
         replicas: &[ReplicaEnvState],
         value: &str,
-        trigger: Option<mpsc::UnboundedSender<ProjectName>>,
     ) -> Option<u32> {
         let Some(session) = lock(&self.session).clone() else {
             return next_to_restart(replicas);
@@ -171,7 +177,7 @@ impl RollLocks {
                     value.as_bytes().to_vec(),
                     self.entries.clone(),
                     key,
-                    trigger,
+                    lock(&self.triggers).clone(),
                 ));
                 self.keep_task(task);
                 None
@@ -230,6 +236,7 @@ impl RollLocks {
             return;
         };
         let (store, shared) = (self.store.clone(), self.entries.clone());
+        let trigger = lock(&self.triggers).clone();
         let task = tokio::spawn(async move {
             let (project, service) = &key;
             tracing::info!(project = %project, service = %service, "env sync: roll lock released");
@@ -238,6 +245,9 @@ impl RollLocks {
                     error = %e, "env sync: releasing the roll lock failed (it goes with the session)");
             }
             lock(&shared).remove(&key);
+            if let Some(t) = &trigger {
+                let _ = t.send(project.clone());
+            }
         });
         self.keep_task(task);
     }
@@ -291,9 +301,14 @@ async fn campaign(
                         // Not needed any more: give it straight back, then
                         // forget the entry (a new campaign may start).
                         let _ = store.resign(leadership).await;
-                        let mut e = lock(&entries);
-                        if matches!(e.get(&key), Some(State::Campaigning { .. })) {
-                            e.remove(&key);
+                        {
+                            let mut e = lock(&entries);
+                            if matches!(e.get(&key), Some(State::Campaigning { .. })) {
+                                e.remove(&key);
+                            }
+                        }
+                        if let Some(t) = &trigger {
+                            let _ = t.send(project.clone());
                         }
                     }
                 }
