@@ -101,7 +101,9 @@ pub struct LocalReplica {
     pub bundle: PathBuf,
     /// `<node>/<container id>`.
     pub instance: String,
-    /// The address `leader:` consumers get when it leads.
+    /// The node's `--address`. What `leader:` consumers get when it leads
+    /// is [`leader_address`]: this for host/none services, where its
+    /// registration points for bridge ones.
     pub address: String,
 }
 
@@ -400,7 +402,7 @@ impl EnvSync {
                     project: project.clone(),
                     service: c.service.clone(),
                     instance: c.instance.clone(),
-                    address: c.address.clone(),
+                    address: leader_address(project, svc, c),
                     leader_file: cntnr_reconcile::bundle::leader_path(&c.bundle),
                 },
                 self.timing,
@@ -511,4 +513,111 @@ pub fn local_replicas(
             }
         })
         .collect()
+}
+
+/// The address `leader:` consumers get when `c` leads: where its
+/// registration points ([`crate::registration::endpoint`]). For a bridge
+/// service that is the node's address when it publishes a port, else its
+/// container IP (from the hook's result in its bundle); for host and none
+/// services, or a bridge replica without either yet, the node's address
+/// (`c.address`).
+pub fn leader_address(project: &ProjectName, svc: &ServiceSpec, c: &LocalReplica) -> String {
+    if svc.network_mode != cntnr_model::NetworkMode::Bridge {
+        return c.address.clone();
+    }
+    let node = c
+        .instance
+        .split_once('/')
+        .and_then(|(n, _)| cntnr_model::NodeName::new(n).ok());
+    let (Ok(node_address), Some(node)) = (c.address.parse::<std::net::IpAddr>(), node) else {
+        return c.address.clone();
+    };
+    let (container_ip, published) = crate::daemon::network::container_addresses(&c.bundle);
+    let r = crate::registration::RunningReplica {
+        project,
+        service: &c.service,
+        spec: svc,
+        replica: c.replica,
+        config_hash: "",
+        node: &node,
+        node_address,
+        container_ip,
+        published: &published,
+    };
+    crate::registration::endpoint(&r).map_or_else(|| c.address.clone(), |(ip, _)| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cntnr_hook::request::{NetResult, NetworkResult, PortMapping4Cni};
+    use cntnr_hook::{PortProtocol, RESULT_FILE};
+
+    fn hook_result(bundle: &std::path::Path, ip: &str, published: Option<(u16, u16)>) {
+        let r = NetResult {
+            container_id: "shop-db-1".into(),
+            networks: vec![NetworkResult {
+                name: "cntnr.shop.default".into(),
+                ifname: "eth0".into(),
+                ips: vec![ip.parse().unwrap()],
+                cni_result: serde_json::Value::Null,
+                conflist: serde_json::Value::Null,
+            }],
+            ports: published
+                .into_iter()
+                .map(|(container_port, host_port)| PortMapping4Cni {
+                    host_port,
+                    container_port,
+                    protocol: PortProtocol::Tcp,
+                    host_ip: "0.0.0.0".into(),
+                })
+                .collect(),
+        };
+        std::fs::write(bundle.join(RESULT_FILE), serde_json::to_vec(&r).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn leader_address_is_where_the_replica_registers() {
+        let project = ProjectName::new("shop").unwrap();
+        let spec = cntnr_model::load_stored(
+            &project,
+            "projects/shop",
+            "services:\n  db:\n    image: x\n    expose: [\"5432\"]\n  pub:\n    image: x\n    ports: [\"8080:80\"]\n  host:\n    image: x\n    network_mode: host\n",
+        )
+        .unwrap();
+        let svc = |n: &str| &spec.services[&ServiceName::new(n).unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let local = |service: &str| LocalReplica {
+            id: format!("shop-{service}-1"),
+            service: ServiceName::new(service).unwrap(),
+            replica: 1,
+            running: true,
+            healthy: true,
+            bundle: dir.path().to_path_buf(),
+            instance: format!("n1/shop-{service}-1"),
+            address: "192.0.2.10".into(),
+        };
+        // No hook result yet: the node's address.
+        assert_eq!(
+            leader_address(&project, svc("db"), &local("db")),
+            "192.0.2.10"
+        );
+        // Bridge without a published port: its container IP.
+        hook_result(dir.path(), "10.90.0.7", None);
+        assert_eq!(
+            leader_address(&project, svc("db"), &local("db")),
+            "10.90.0.7"
+        );
+        // Host networking: the node's address, whatever the bundle says.
+        assert_eq!(
+            leader_address(&project, svc("host"), &local("host")),
+            "192.0.2.10"
+        );
+        // A published port: reached at the node's address.
+        hook_result(dir.path(), "10.90.0.8", Some((80, 8080)));
+        assert_eq!(
+            leader_address(&project, svc("pub"), &local("pub")),
+            "192.0.2.10"
+        );
+    }
 }
