@@ -282,6 +282,7 @@ services:
     dns: ["127.0.0.1"]
     dns_search: [corp.test]
     hostname: frontend
+    domainname: shop.test
     extra_hosts: ["gw.test:192.0.2.1"]
     stop_grace_period: 1s
   db:
@@ -367,10 +368,17 @@ fn services_reach_each_other_by_name(kind: Kind, tag: &str) {
         hosts.contains(&format!("{db_ip}\tdb postgres db-1 {db}\n")),
         "{hosts}"
     );
-    // hostname, extra_hosts, dns and dns_search are honoured.
-    assert!(hosts.contains(&format!("{web_ip}\tfrontend\n")), "{hosts}");
+    // hostname, domainname, extra_hosts, dns and dns_search are honoured.
+    assert!(
+        hosts.contains(&format!("{web_ip}\tfrontend.shop.test frontend\n")),
+        "{hosts}"
+    );
     assert!(hosts.contains("192.0.2.1\tgw.test\n"), "{hosts}");
     assert_eq!(exec(&a, &web, "hostname").1, "frontend\n");
+    assert_eq!(
+        exec(&a, &web, "cat /proc/sys/kernel/domainname").1,
+        "shop.test\n"
+    );
     let (_, resolv) = exec(&a, &web, "cat /etc/resolv.conf");
     assert!(
         resolv.contains("nameserver 127.0.0.1") && resolv.contains("search corp.test"),

@@ -94,6 +94,7 @@ struct Member {
 #[derive(Debug, Clone, Default)]
 pub struct ServiceNames {
     hostname: Option<String>,
+    domainname: Option<String>,
     extra_hosts: Vec<(String, IpAddr)>,
     /// CNI network name → aliases of the service on it.
     aliases: BTreeMap<String, Vec<String>>,
@@ -494,6 +495,7 @@ pub fn project_names(spec: &Project) -> ProjectNames {
                 name.as_str().to_string(),
                 ServiceNames {
                     hostname: s.hostname.clone(),
+                    domainname: s.domainname.clone(),
                     extra_hosts: s
                         .extra_hosts
                         .iter()
@@ -541,6 +543,9 @@ fn render(
     let hostname = own
         .and_then(|s| s.hostname.clone())
         .unwrap_or_else(|| reader_id.to_string());
+    // `hostname.domainname hostname` on the container's own line.
+    let hostname =
+        cntnr_reconcile::bundle::host_names(&hostname, own.and_then(|s| s.domainname.as_deref()));
     let extra = own.map(|s| s.extra_hosts.clone()).unwrap_or_default();
     hosts_file(&hostname, reader.result.primary_ip(), &replicas, &extra)
 }
