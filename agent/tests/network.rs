@@ -841,3 +841,33 @@ services:
     });
     remove_and_check_clean(&s, &a, &[&p], &before);
 }
+
+/// `--subnet-pool`/`--subnet-size`: project networks get their subnets from
+/// the configured range, cut to the configured size.
+#[test]
+fn project_subnets_come_from_the_configured_pool() {
+    let _serial = serial();
+    let before = snapshot();
+    let s = TestStore::new(Kind::Dir, "pool");
+    let a = s.agent_with(
+        "n1",
+        &["--subnet-pool", "10.93.128.0/20", "--subnet-size", "28"],
+        &[],
+    );
+    let image = common::test_image_ref();
+    let p = name("pool");
+    deploy(&s, &p, &probe(&image));
+    let id = format!("{p}-probe-1");
+    let rec = wait_up(&s, &p, &[&id]);
+    let ip: std::net::Ipv4Addr = ip_of(&rec, &id).parse().unwrap();
+    let o = ip.octets();
+    assert!(
+        o[0] == 10 && o[1] == 93 && (128..144).contains(&o[2]),
+        "{ip} is not in 10.93.128.0/20"
+    );
+    // A /28: the container's interface says so.
+    let (code, out) = exec(&a, &id, "ip -4 -o addr show eth0");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{ip}/28")), "{out}");
+    remove_and_check_clean(&s, &a, &[&p], &before);
+}

@@ -114,6 +114,13 @@ pub struct AgentArgs {
     /// one update (one restart in restart mode).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub env_debounce: Duration,
+    /// The range project networks' subnets are allocated from (subnets that
+    /// overlap a host route are skipped).
+    #[arg(long, default_value = "10.90.0.0/16", value_name = "CIDR")]
+    pub subnet_pool: cntnr_hook::Ipv4Net,
+    /// The prefix length of each project network's subnet.
+    #[arg(long, default_value_t = 24, value_name = "PREFIX")]
+    pub subnet_size: u8,
     /// A registry (`host[:port]`) reached over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
@@ -155,6 +162,16 @@ pub struct Policy {
     pub allow_host_paths: Vec<PathBuf>,
     /// `--allow-host-network`.
     pub allow_host_network: bool,
+    /// `--subnet-pool` cut by `--subnet-size`.
+    #[serde(serialize_with = "pool_text")]
+    pub subnet_pool: cntnr_hook::alloc::SubnetPool,
+}
+
+fn pool_text<S: serde::Serializer>(
+    p: &cntnr_hook::alloc::SubnetPool,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{} in /{}s", p.base, p.prefix))
 }
 
 /// State shared by the agent's tasks and its HTTP endpoint.
@@ -414,6 +431,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         allow_privileged: args.allow_privileged,
         allow_host_paths: args.allow_host_paths.clone(),
         allow_host_network: args.allow_host_network,
+        subnet_pool: cntnr_hook::alloc::SubnetPool::new(args.subnet_pool, args.subnet_size)
+            .map_err(|e| anyhow::anyhow!("--subnet-size: {e}"))?,
     };
     let started = now_secs();
     let shared = Arc::new(Shared {
@@ -787,6 +806,8 @@ pub fn check_args(args: &AgentArgs) -> Result<()> {
     if args.session_ttl > Duration::from_secs(86400) {
         bail!("--session-ttl: at most 24h");
     }
+    cntnr_hook::alloc::SubnetPool::new(args.subnet_pool, args.subnet_size)
+        .map_err(|e| anyhow::anyhow!("--subnet-size: {e}"))?;
     Ok(())
 }
 
@@ -828,5 +849,36 @@ mod tests {
         }
         let bad_node = AgentArgs::try_parse_from(["cntnr-agent", "--node", "a/b"]).unwrap();
         assert!(check_args(&bad_node).is_err());
+        // The subnet pool: default 10.90.0.0/16 in /24s; a size the pool
+        // cannot be cut into is refused before anything starts.
+        assert_eq!(d.subnet_pool.to_string(), "10.90.0.0/16");
+        assert_eq!(d.subnet_size, 24);
+        let pool = AgentArgs::try_parse_from([
+            "cntnr-agent",
+            "--subnet-pool",
+            "10.77.0.0/20",
+            "--subnet-size",
+            "26",
+        ])
+        .unwrap();
+        assert!(check_args(&pool).is_ok());
+        assert!(
+            AgentArgs::try_parse_from(["cntnr-agent", "--subnet-pool", "10.77.0.0/33"]).is_err()
+        );
+        for size in ["16", "31"] {
+            let a = AgentArgs::try_parse_from([
+                "cntnr-agent",
+                "--subnet-pool",
+                "10.77.0.0/20",
+                "--subnet-size",
+                size,
+            ])
+            .unwrap();
+            let e = check_args(&a).unwrap_err().to_string();
+            assert!(
+                e.contains("--subnet-size") && e.contains("10.77.0.0/20"),
+                "{e}"
+            );
+        }
     }
 }

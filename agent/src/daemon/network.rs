@@ -121,7 +121,7 @@ const FORWARDED_ENV: &[&str] = &[cntnr_hook::FAILPOINT_ENV];
 impl Net {
     /// Bridge networking for an agent with `state_dir`; `enabled` is false
     /// for a rootless agent. The hook binary is found as the module docs say.
-    pub fn new(state_dir: &Path, enabled: bool) -> Result<Net> {
+    pub fn new(state_dir: &Path, enabled: bool, pool: SubnetPool) -> Result<Net> {
         let exe = std::env::current_exe().context("locating the agent's executable")?;
         let binary = exe
             .parent()
@@ -137,7 +137,7 @@ impl Net {
                 enabled,
                 state_dir: state_dir.to_path_buf(),
                 run_dir: cntnr_hook::request::DEFAULT_RUN_DIR.into(),
-                pool: SubnetPool::default(),
+                pool,
                 hook: HookOptions {
                     binary,
                     env,
@@ -736,7 +736,7 @@ mod tests {
     #[tokio::test]
     async fn bridge_containers_created_without_networking_are_a_warning() {
         let d = tempfile::tempdir().unwrap();
-        let net = Net::new(d.path(), true).unwrap();
+        let net = Net::new(d.path(), true, SubnetPool::default()).unwrap();
         let p = ProjectName::new("p").unwrap();
         let spec = cntnr_model::load_stored(
             &p,
