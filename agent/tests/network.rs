@@ -282,6 +282,7 @@ services:
     dns: ["127.0.0.1"]
     dns_search: [corp.test]
     hostname: frontend
+    domainname: shop.test
     extra_hosts: ["gw.test:192.0.2.1"]
     stop_grace_period: 1s
   db:
@@ -367,10 +368,17 @@ fn services_reach_each_other_by_name(kind: Kind, tag: &str) {
         hosts.contains(&format!("{db_ip}\tdb postgres db-1 {db}\n")),
         "{hosts}"
     );
-    // hostname, extra_hosts, dns and dns_search are honoured.
-    assert!(hosts.contains(&format!("{web_ip}\tfrontend\n")), "{hosts}");
+    // hostname, domainname, extra_hosts, dns and dns_search are honoured.
+    assert!(
+        hosts.contains(&format!("{web_ip}\tfrontend.shop.test frontend\n")),
+        "{hosts}"
+    );
     assert!(hosts.contains("192.0.2.1\tgw.test\n"), "{hosts}");
     assert_eq!(exec(&a, &web, "hostname").1, "frontend\n");
+    assert_eq!(
+        exec(&a, &web, "cat /proc/sys/kernel/domainname").1,
+        "shop.test\n"
+    );
     let (_, resolv) = exec(&a, &web, "cat /etc/resolv.conf");
     assert!(
         resolv.contains("nameserver 127.0.0.1") && resolv.contains("search corp.test"),
@@ -831,5 +839,35 @@ services:
         let v = s.cntnr_json(&["services", "--passing"]);
         (v.as_array().map_or(0, Vec::len) == 1).then_some(())
     });
+    remove_and_check_clean(&s, &a, &[&p], &before);
+}
+
+/// `--subnet-pool`/`--subnet-size`: project networks get their subnets from
+/// the configured range, cut to the configured size.
+#[test]
+fn project_subnets_come_from_the_configured_pool() {
+    let _serial = serial();
+    let before = snapshot();
+    let s = TestStore::new(Kind::Dir, "pool");
+    let a = s.agent_with(
+        "n1",
+        &["--subnet-pool", "10.93.128.0/20", "--subnet-size", "28"],
+        &[],
+    );
+    let image = common::test_image_ref();
+    let p = name("pool");
+    deploy(&s, &p, &probe(&image));
+    let id = format!("{p}-probe-1");
+    let rec = wait_up(&s, &p, &[&id]);
+    let ip: std::net::Ipv4Addr = ip_of(&rec, &id).parse().unwrap();
+    let o = ip.octets();
+    assert!(
+        o[0] == 10 && o[1] == 93 && (128..144).contains(&o[2]),
+        "{ip} is not in 10.93.128.0/20"
+    );
+    // A /28: the container's interface says so.
+    let (code, out) = exec(&a, &id, "ip -4 -o addr show eth0");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{ip}/28")), "{out}");
     remove_and_check_clean(&s, &a, &[&p], &before);
 }

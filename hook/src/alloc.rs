@@ -39,6 +39,20 @@ impl Default for SubnetPool {
     }
 }
 
+impl SubnetPool {
+    /// A pool of `/prefix` subnets cut from `base` (the agent's
+    /// `--subnet-pool` and `--subnet-size`), or why it cannot be one.
+    pub fn new(base: Ipv4Net, prefix: u8) -> Result<SubnetPool, String> {
+        if prefix > 30 || prefix < base.prefix() {
+            return Err(format!(
+                "cannot cut /{prefix} subnets from {base}: the size must be between /{} and /30",
+                base.prefix()
+            ));
+        }
+        Ok(SubnetPool { base, prefix })
+    }
+}
+
 fn paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     let net = state_dir.join("net");
     (net.join("subnets.json"), net.join("subnets.lock"))

@@ -940,6 +940,16 @@ impl Store for DirStore {
         registry::register_record(self, &self.inner.registry_prefix, session, reg).await
     }
 
+    async fn register_with_status(
+        &self,
+        session: &Session,
+        reg: &Registration,
+        status: Health,
+    ) -> Result<()> {
+        registry::register_record_with(self, &self.inner.registry_prefix, session, reg, status)
+            .await
+    }
+
     async fn set_check(
         &self,
         session: &Session,

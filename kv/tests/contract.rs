@@ -596,6 +596,44 @@ async fn two_contenders_one_holder_and_deposed_write_fenced(b: Backend) {
     assert!(e.store.holder(&lock).await.unwrap().is_none());
 }
 
+/// Registry: an instance registered with a status is never seen otherwise
+/// (a starting container is critical from its first appearance, not
+/// briefly passing): the first state a service watch reports is that status.
+async fn registry_register_with_status_is_never_seen_passing_first(b: Backend) {
+    let e = env(b, "regst").await;
+    let sess = e.store.create_session(ttl(b)).await.unwrap();
+    let name = unique("api");
+    let reg = Registration {
+        name: name.clone(),
+        id: "node1/shop-api-1".into(),
+        address: "127.0.0.1".into(),
+        port: 8081,
+        tags: vec![],
+        meta: Default::default(),
+        check_ttl: Duration::from_secs(30),
+        deregister_after: Duration::from_secs(120),
+    };
+    let mut watch = e.store.watch_service(&name, false);
+    e.store
+        .register_with_status(&sess, &reg, Health::Critical)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let l = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .expect("watch shows the instance")
+            .unwrap()
+            .unwrap();
+        if let Some(i) = l.into_iter().next() {
+            break i;
+        }
+    };
+    assert_eq!(first.health, Health::Critical, "{first:?}");
+    assert!(e.store.instances(&name, true).await.unwrap().is_empty());
+    e.store.deregister(&name, &reg.id).await.unwrap();
+}
+
 /// Registry: register, TTL check passing then critical (refresh stops),
 /// visible in the health listing (Consul: `/v1/health/service`) and in a
 /// service watch; deregister removes it.
@@ -739,4 +777,5 @@ contract!(
     session_close_revokes_now,
     two_contenders_one_holder_and_deposed_write_fenced,
     registry_register_ttl_check_and_deregister,
+    registry_register_with_status_is_never_seen_passing_first,
 );

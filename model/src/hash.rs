@@ -97,6 +97,9 @@ pub struct HashInput<'a> {
     working_dir: &'a Option<String>,
     user: &'a Option<String>,
     hostname: &'a Option<String>,
+    /// Left out when unset, so hashes from before it existed stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domainname: &'a Option<String>,
     ports: &'a [PortMapping],
     mounts: &'a [Mount],
     read_only: bool,
@@ -134,6 +137,7 @@ impl<'a> HashInput<'a> {
             working_dir: &s.working_dir,
             user: &s.user,
             hostname: &s.hostname,
+            domainname: &s.domainname,
             ports: &s.ports,
             mounts: &s.volumes,
             read_only: s.read_only,

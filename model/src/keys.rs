@@ -9,6 +9,7 @@
 //! | `schedule/<project>` | [`crate::records::ScheduleRecord`] |
 //! | `status/<project>/<node>` | [`crate::records::StatusRecord`] |
 //! | `elections/<project>/<service>` | [`crate::records::ElectionRecord`] |
+//! | `envroll/<project>/<service>` | env sync's roll lock: the instance id of the replica being recreated (restart mode, one replica at a time cluster-wide; session-bound) |
 //! | `services/<name>/<instance>` | [`crate::records::ServiceRecord`] (`<instance>` is `<node>/<container id>`) |
 //!
 //! [`StoreKey::render`] and [`StoreKey::parse`] are inverses; every segment
@@ -230,6 +231,9 @@ pub enum StoreKey {
     Election(ProjectName, ServiceName),
     /// `services/<name>/<node>/<container id>`.
     Service(RegisteredName, InstanceId),
+    /// `envroll/<project>/<service>`: the lock an agent holds while it
+    /// recreates a replica for changed env values (restart mode).
+    EnvRoll(ProjectName, ServiceName),
 }
 
 impl StoreKey {
@@ -244,6 +248,7 @@ impl StoreKey {
             StoreKey::Status(p, n) => format!("status/{p}/{n}"),
             StoreKey::Election(p, s) => format!("elections/{p}/{s}"),
             StoreKey::Service(name, inst) => format!("services/{name}/{inst}"),
+            StoreKey::EnvRoll(p, s) => format!("envroll/{p}/{s}"),
         };
         format!("{prefix}/{rel}")
     }
@@ -297,15 +302,20 @@ impl StoreKey {
                     NodeName::new(n).map_err(name_err)?,
                 ))
             }
-            "elections" => {
+            "elections" | "envroll" => {
                 let (p, s) = two()?;
                 if s.contains('/') {
                     return Err(unknown());
                 }
-                Ok(StoreKey::Election(
+                let (p, s) = (
                     ProjectName::new(p).map_err(name_err)?,
                     ServiceName::new(s).map_err(name_err)?,
-                ))
+                );
+                Ok(if kind == "elections" {
+                    StoreKey::Election(p, s)
+                } else {
+                    StoreKey::EnvRoll(p, s)
+                })
             }
             "services" => {
                 let (name, inst) = two()?;
@@ -349,6 +359,10 @@ mod tests {
                 "cntnr/elections/shop/db",
             ),
             (
+                StoreKey::EnvRoll(project.clone(), ServiceName::new("web").unwrap()),
+                "cntnr/envroll/shop/web",
+            ),
+            (
                 StoreKey::Service(
                     RegisteredName::new("shop-web").unwrap(),
                     InstanceId::parse("node-1.lan/shop-web-2").unwrap(),
@@ -385,6 +399,8 @@ mod tests {
             "cntnr/config/shop",
             "cntnr/leader/x",
             "cntnr/status/shop",
+            "cntnr/envroll/shop",
+            "cntnr/envroll/shop/web/x",
             "cntnr/services/shop-web/node-1",
             "cntnr/bogus/x",
             "cntnrx/leader",

@@ -500,8 +500,8 @@ pub fn service(
         check_abs_target(&mut sink, "working_dir", wd);
     }
     let user = get("user").and_then(|v| sink.string("user", v));
-    let hostname = get("hostname").and_then(|v| sink.string("hostname", v));
-    if let Some(h) = &hostname {
+    let dns_name = |sink: &mut Sink<'_>, key: &str| -> Option<String> {
+        let h = get(key).and_then(|v| sink.string(key, v))?;
         let ok = !h.is_empty()
             && h.len() <= 253
             && h.split('.').all(|l| {
@@ -513,11 +513,14 @@ pub fn service(
             });
         if !ok {
             sink.invalid(
-                "hostname",
-                format!("invalid hostname {h:?}: use letters, digits, `-` and `.`"),
+                key,
+                format!("invalid {key} {h:?}: use letters, digits, `-` and `.`"),
             );
         }
-    }
+        Some(h)
+    };
+    let hostname = dns_name(&mut sink, "hostname");
+    let domainname = dns_name(&mut sink, "domainname");
     let text_map = |sink: &mut Sink<'_>, key: &str| -> BTreeMap<String, String> {
         match get(key) {
             Some(v) => sink
@@ -909,6 +912,7 @@ pub fn service(
         working_dir,
         user,
         hostname,
+        domainname,
         labels,
         annotations,
         ports,

@@ -87,6 +87,9 @@ pub struct ServiceSpec {
     /// The container's hostname.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The container's NIS domain name (`domainname`): the UTS domain, and
+    /// `hostname.domainname` in its /etc/hosts.
+    pub domainname: Option<String>,
     /// Labels (metadata; used for registration, not applied to the container).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

@@ -75,6 +75,12 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad-domainname",
+        &[
+            r#"{f}: project "bad", service "web", key "domainname": invalid domainname "-corp.example": use letters, digits, `-` and `.`"#,
+        ],
+    ),
+    (
         "bad-env-name",
         &[
             r#"{f}: project "bad", service "web", key "environment.1FOO": invalid environment variable name "1FOO": must start with a letter or `_` and contain only letters, digits, `_`, `.`, `-`"#,

@@ -121,6 +121,10 @@ fn container_shaping_edits_change_the_hash() {
         ),
         (
             "labels: {team: web}",
+            "labels: {team: web}\n    domainname: corp.example",
+        ),
+        (
+            "labels: {team: web}",
             "labels: {team: web}\n    volumes: ['/a:/b']",
         ),
         (

@@ -52,7 +52,8 @@ impl Host {
         cfg.shim = shim_binary(state_dir)?;
         let runc = Runc::new(cfg)
             .with_context(|| format!("preparing the runc root {}", runtime_root.display()))?;
-        let net = super::network::Net::new(state_dir, !crate::store::rootless())?;
+        let net =
+            super::network::Net::new(state_dir, !crate::store::rootless(), policy.subnet_pool)?;
         Ok(Host {
             runc,
             images,

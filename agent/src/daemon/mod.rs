@@ -111,6 +111,17 @@ pub struct AgentArgs {
     /// are created concurrently up to this limit).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), value_name = "N")]
     pub parallel: u16,
+    /// Env sync's quiet period: a burst of config changes within it causes
+    /// one update (one restart in restart mode).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub env_debounce: Duration,
+    /// The range project networks' subnets are allocated from (subnets that
+    /// overlap a host route are skipped).
+    #[arg(long, default_value = "10.90.0.0/16", value_name = "CIDR")]
+    pub subnet_pool: cntnr_hook::Ipv4Net,
+    /// The prefix length of each project network's subnet.
+    #[arg(long, default_value_t = 24, value_name = "PREFIX")]
+    pub subnet_size: u8,
     /// A registry (`host[:port]`) reached over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub insecure_registries: Vec<String>,
@@ -152,6 +163,16 @@ pub struct Policy {
     pub allow_host_paths: Vec<PathBuf>,
     /// `--allow-host-network`.
     pub allow_host_network: bool,
+    /// `--subnet-pool` cut by `--subnet-size`.
+    #[serde(serialize_with = "pool_text")]
+    pub subnet_pool: cntnr_hook::alloc::SubnetPool,
+}
+
+fn pool_text<S: serde::Serializer>(
+    p: &cntnr_hook::alloc::SubnetPool,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{} in /{}s", p.base, p.prefix))
 }
 
 /// State shared by the agent's tasks and its HTTP endpoint.
@@ -411,6 +432,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         allow_privileged: args.allow_privileged,
         allow_host_paths: args.allow_host_paths.clone(),
         allow_host_network: args.allow_host_network,
+        subnet_pool: cntnr_hook::alloc::SubnetPool::new(args.subnet_pool, args.subnet_size)
+            .map_err(|e| anyhow::anyhow!("--subnet-size: {e}"))?,
     };
     let started = now_secs();
     let shared = Arc::new(Shared {
@@ -502,6 +525,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 shared: shared.clone(),
                 signals: signals.clone(),
                 ttl: args.session_ttl,
+                env_debounce: args.env_debounce,
                 node_record: node_record.clone(),
             };
             match epoch.run(&mut config, &args.connect).await {
@@ -554,6 +578,7 @@ struct Epoch {
     shared: Arc<Shared>,
     signals: Signals,
     ttl: Duration,
+    env_debounce: Duration,
     node_record: cntnr_model::records::NodeRecord,
 }
 
@@ -636,6 +661,32 @@ impl Epoch {
             status_cancel.clone(),
         ));
         let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
+        // Env sync and replica elections for this session: a debounced
+        // change requeues its project; signals go out through runc.
+        let (envsync, mut env_signals) = crate::envsync::engine::EnvSync::new(
+            self.store.clone(),
+            shared.prefix.clone(),
+            crate::envsync::watch::SyncConfig::with_debounce(self.env_debounce),
+            crate::election_replica::ElectionTiming::new(self.ttl),
+        );
+        envsync.set_triggers(Some(trigger_tx.clone()));
+        envsync.set_session(Some(session.clone()));
+        self.engine.set_envsync(Some(envsync.clone()));
+        {
+            let engine = self.engine.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(named("env-signals", async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        r = env_signals.recv() => match r {
+                            Some(req) => engine.deliver_signal(&req).await,
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            }));
+        }
         tasks.spawn(named(
             "desired",
             desired::run(
@@ -696,6 +747,8 @@ impl Epoch {
             tracing::warn!("status writer did not stop in time; aborting it");
             status_task.abort();
         }
+        self.engine.set_envsync(None);
+        envsync.shutdown();
         shared.set_leading(None);
         shared.set_session(None);
         if !session.is_lost() {
@@ -754,6 +807,8 @@ pub fn check_args(args: &AgentArgs) -> Result<()> {
     if args.session_ttl > Duration::from_secs(86400) {
         bail!("--session-ttl: at most 24h");
     }
+    cntnr_hook::alloc::SubnetPool::new(args.subnet_pool, args.subnet_size)
+        .map_err(|e| anyhow::anyhow!("--subnet-size: {e}"))?;
     Ok(())
 }
 
@@ -795,5 +850,36 @@ mod tests {
         }
         let bad_node = AgentArgs::try_parse_from(["cntnr-agent", "--node", "a/b"]).unwrap();
         assert!(check_args(&bad_node).is_err());
+        // The subnet pool: default 10.90.0.0/16 in /24s; a size the pool
+        // cannot be cut into is refused before anything starts.
+        assert_eq!(d.subnet_pool.to_string(), "10.90.0.0/16");
+        assert_eq!(d.subnet_size, 24);
+        let pool = AgentArgs::try_parse_from([
+            "cntnr-agent",
+            "--subnet-pool",
+            "10.77.0.0/20",
+            "--subnet-size",
+            "26",
+        ])
+        .unwrap();
+        assert!(check_args(&pool).is_ok());
+        assert!(
+            AgentArgs::try_parse_from(["cntnr-agent", "--subnet-pool", "10.77.0.0/33"]).is_err()
+        );
+        for size in ["16", "31"] {
+            let a = AgentArgs::try_parse_from([
+                "cntnr-agent",
+                "--subnet-pool",
+                "10.77.0.0/20",
+                "--subnet-size",
+                size,
+            ])
+            .unwrap();
+            let e = check_args(&a).unwrap_err().to_string();
+            assert!(
+                e.contains("--subnet-size") && e.contains("10.77.0.0/20"),
+                "{e}"
+            );
+        }
     }
 }

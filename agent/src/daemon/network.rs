@@ -94,6 +94,7 @@ struct Member {
 #[derive(Debug, Clone, Default)]
 pub struct ServiceNames {
     hostname: Option<String>,
+    domainname: Option<String>,
     extra_hosts: Vec<(String, IpAddr)>,
     /// CNI network name → aliases of the service on it.
     aliases: BTreeMap<String, Vec<String>>,
@@ -120,7 +121,7 @@ const FORWARDED_ENV: &[&str] = &[cntnr_hook::FAILPOINT_ENV];
 impl Net {
     /// Bridge networking for an agent with `state_dir`; `enabled` is false
     /// for a rootless agent. The hook binary is found as the module docs say.
-    pub fn new(state_dir: &Path, enabled: bool) -> Result<Net> {
+    pub fn new(state_dir: &Path, enabled: bool, pool: SubnetPool) -> Result<Net> {
         let exe = std::env::current_exe().context("locating the agent's executable")?;
         let binary = exe
             .parent()
@@ -136,7 +137,7 @@ impl Net {
                 enabled,
                 state_dir: state_dir.to_path_buf(),
                 run_dir: cntnr_hook::request::DEFAULT_RUN_DIR.into(),
-                pool: SubnetPool::default(),
+                pool,
                 hook: HookOptions {
                     binary,
                     env,
@@ -494,6 +495,7 @@ pub fn project_names(spec: &Project) -> ProjectNames {
                 name.as_str().to_string(),
                 ServiceNames {
                     hostname: s.hostname.clone(),
+                    domainname: s.domainname.clone(),
                     extra_hosts: s
                         .extra_hosts
                         .iter()
@@ -541,6 +543,9 @@ fn render(
     let hostname = own
         .and_then(|s| s.hostname.clone())
         .unwrap_or_else(|| reader_id.to_string());
+    // `hostname.domainname hostname` on the container's own line.
+    let hostname =
+        cntnr_reconcile::bundle::host_names(&hostname, own.and_then(|s| s.domainname.as_deref()));
     let extra = own.map(|s| s.extra_hosts.clone()).unwrap_or_default();
     hosts_file(&hostname, reader.result.primary_ip(), &replicas, &extra)
 }
@@ -731,7 +736,7 @@ mod tests {
     #[tokio::test]
     async fn bridge_containers_created_without_networking_are_a_warning() {
         let d = tempfile::tempdir().unwrap();
-        let net = Net::new(d.path(), true).unwrap();
+        let net = Net::new(d.path(), true, SubnetPool::default()).unwrap();
         let p = ProjectName::new("p").unwrap();
         let spec = cntnr_model::load_stored(
             &p,

@@ -42,7 +42,7 @@ use cntnr_reconcile::plan::{
     plan_stages, Action, Backoff, Context, Desired, Idle, Observed, RestartState, SeededJitter,
     Step,
 };
-use cntnr_reconcile::runtime::{annotations, ContainerId, ContainerState, Runtime, Status};
+use cntnr_reconcile::runtime::{annotations, ContainerId, ContainerState, Runtime, Signal, Status};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -53,6 +53,7 @@ use super::host::{failpoint, Host};
 use super::registrar::Supervisor;
 use super::status::StatusMsg;
 use super::Shared;
+use crate::envsync::engine::{local_replicas, EnvStep, EnvSync, Prepared, SignalRequest};
 
 /// How the reconciler is tuned (`--resync`, `--parallel`).
 #[derive(Debug, Clone)]
@@ -92,6 +93,8 @@ pub struct Engine {
     last_status: Mutex<BTreeMap<ProjectName, StatusRecord>>,
     states: Mutex<BTreeMap<ProjectName, BTreeMap<&'static str, i64>>>,
     health: Arc<Supervisor>,
+    /// Env sync and replica elections of the current session (issue 7).
+    envsync: Mutex<Option<Arc<EnvSync>>>,
 }
 
 /// How long a requeue after a change waits (lets a burst of exits settle).
@@ -122,6 +125,7 @@ impl Engine {
             last_status: Mutex::new(BTreeMap::new()),
             states: Mutex::new(BTreeMap::new()),
             health,
+            envsync: Mutex::new(None),
         }
     }
 
@@ -133,6 +137,34 @@ impl Engine {
     /// The host machinery.
     pub fn host(&self) -> &Host {
         &self.host
+    }
+
+    /// Sets (per session) or clears the env sync the passes use.
+    pub fn set_envsync(&self, e: Option<Arc<EnvSync>>) {
+        *lock(&self.envsync) = e;
+    }
+
+    fn envsync(&self) -> Option<Arc<EnvSync>> {
+        lock(&self.envsync).clone()
+    }
+
+    /// Delivers a signal env sync asks for (a rewritten env file, a leader
+    /// file that flipped).
+    pub async fn deliver_signal(&self, req: &SignalRequest) {
+        let (Ok(id), Some(sig)) = (
+            ContainerId::new(req.container.as_str()),
+            Signal::parse(&req.signal),
+        ) else {
+            return;
+        };
+        match self.host.runc.kill(&id, sig).await {
+            Ok(()) => {
+                tracing::info!(container = %id, signal = %req.signal, why = req.why, "signalled")
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, signal = %req.signal, why = req.why, error = %e, "signalling failed")
+            }
+        }
     }
 }
 
@@ -399,6 +431,15 @@ impl Engine {
             .collect();
         let now = SystemTime::now();
         let spec_now = dp.as_ref().and_then(|p| p.spec.as_ref().ok());
+        let envsync = self.envsync();
+        if let Some(es) = &envsync {
+            match &dp {
+                None => es.sync_project(project, None),
+                Some(DesiredProject { spec: Ok(s), .. }) => es.sync_project(project, Some(s)),
+                // A broken spec: its containers keep their watches.
+                Some(_) => {}
+            }
+        }
         self.health
             .sync_project(project, spec_now, &mine, |id| self.started_at(id));
         let observed = self.observe(project, &mine, now, triggers);
@@ -453,6 +494,11 @@ impl Engine {
                 plan_stages(d, &observed, &ctx)
             };
             outcome = self.execute(project, d, *spec, generation, steps).await;
+            if let (Some(es), Some(spec)) = (&envsync, spec) {
+                if self.env_steps(es, project, d, spec).await {
+                    outcome.changed = true;
+                }
+            }
         }
         if dp.is_none() && mine.is_empty() {
             // Gone from the store, and nothing left here.
@@ -486,6 +532,93 @@ impl Engine {
             let _ = status.send(StatusMsg::Put(project.clone(), record));
         }
         Ok(Some(outcome))
+    }
+
+    /// Env sync after a pass: signals and one-at-a-time recreates for
+    /// changed values, campaigns and resigns for elected replicas. Only for
+    /// projects that use either (one more `runc list`). True if a
+    /// container was recreated.
+    async fn env_steps(
+        &self,
+        es: &EnvSync,
+        project: &ProjectName,
+        d: &Desired,
+        spec: &Project,
+    ) -> bool {
+        if !spec
+            .services
+            .values()
+            .any(|s| !s.agent.env.is_empty() || s.agent.election)
+        {
+            return false;
+        }
+        let Ok(list) = self.host.runc.list().await else {
+            return false;
+        };
+        let mine: Vec<ContainerState> = list
+            .into_iter()
+            .filter(|c| {
+                c.annotations.get(annotations::PROJECT).map(String::as_str)
+                    == Some(project.as_str())
+            })
+            .collect();
+        let address = self.shared.info["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let locals = local_replicas(
+            d,
+            &mine,
+            &self.host.bundles,
+            self.shared.node.as_str(),
+            &address,
+            |id| self.health.health(id),
+        );
+        let mut changed = false;
+        for step in es.plan_env(project, spec, &locals) {
+            match step {
+                EnvStep::Signal(req) => self.deliver_signal(&req).await,
+                EnvStep::Recreate(id) => {
+                    let Ok(id) = ContainerId::new(id) else {
+                        continue;
+                    };
+                    let (signal, grace) = mine
+                        .iter()
+                        .find(|c| c.id == id)
+                        .map(|c| {
+                            let sig = c
+                                .annotations
+                                .get(annotations::STOP_SIGNAL)
+                                .and_then(|s| Signal::parse(s))
+                                .unwrap_or(Signal::TERM);
+                            let grace = locals
+                                .iter()
+                                .find(|l| l.id == id.as_str())
+                                .and_then(|l| d.services.get(&l.service))
+                                .map_or(Duration::from_secs(10), |s| s.stop_grace);
+                            (sig, grace)
+                        })
+                        .unwrap_or((Signal::TERM, Duration::from_secs(10)));
+                    tracing::info!(project = %project, container = %id, "env sync: values changed; recreating");
+                    self.shared.metrics.action("recreate");
+                    self.health.before_stop(&id).await;
+                    let r = async {
+                        self.host.runc.stop(&id, signal, grace).await?;
+                        self.host.runc.delete(&id, true).await?;
+                        self.remove_bundle(&id).await
+                    }
+                    .await;
+                    self.health.removed(&id);
+                    lock(&self.memos).remove(&id);
+                    if let Err(e) = r {
+                        tracing::warn!(project = %project, container = %id, error = %format!("{e:#}"), "env sync recreate failed");
+                    }
+                    changed = true;
+                }
+            }
+        }
+        es.sync_elections(project, Some(spec), &locals);
+        changed
     }
 
     /// The plan's view of the containers: runc's state plus the memos;
@@ -883,6 +1016,15 @@ impl Engine {
         id: &ContainerId,
     ) -> Result<()> {
         let mut req = ContainerRequest::from_service(project, service, svc, replica);
+        let env_file = match self.envsync().map(|es| es.prepare(project, svc)) {
+            None | Some(Prepared::Nothing) => None,
+            Some(Prepared::Ready { vars, file }) => {
+                req.environment.extend(vars);
+                Some(file)
+            }
+            // Names only: these lines become the container's status error.
+            Some(Prepared::Wait(line)) | Some(Prepared::Fail(line)) => anyhow::bail!("{line}"),
+        };
         if req.config_hash != config_hash.as_str() {
             // The plan and the spec disagree: the spec changed between
             // reading and planning; the next pass sorts it out.
@@ -895,6 +1037,12 @@ impl Engine {
         let built = tokio::task::spawn_blocking(move || bundle::build(&cfg, &images, &image, &req))
             .await
             .map_err(|e| anyhow!("building the bundle: {e}"))??;
+        if let Some(file) = env_file {
+            if let Err(e) = EnvSync::write_env_file(&built.path, &file) {
+                let _ = self.remove_bundle(id).await;
+                anyhow::bail!("{id}: writing /run/cntnr/env: {e}");
+            }
+        }
         if let Err(e) = self.host.runc.create(id, &built.path).await {
             let _ = self.host.runc.delete(id, true).await;
             let _ = self.remove_bundle(id).await;

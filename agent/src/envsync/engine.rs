@@ -15,8 +15,11 @@
 //!   are the container's status error (names only) and it is not created.
 //! - [`EnvSync::plan_env`] after a pass with the project's local
 //!   containers: `Recreate` (restart mode, one replica at a time, only
-//!   while every replica of the service is ready) and `Signal` (signal
-//!   mode; the file is already written) steps.
+//!   while every replica of the service is ready, and across the cluster
+//!   only under the service's roll lock: [`super::roll`]) and `Signal`
+//!   (signal mode; the file is already written) steps.
+//! - [`EnvSync::set_session`] with the agent's session: the roll locks are
+//!   held on it (without one, restarts are one at a time per node only).
 //! - [`EnvSync::sync_elections`] after a pass with the same containers:
 //!   campaigns for running healthy replicas of `cntnr.election` services,
 //!   resigns for stopped or unhealthy ones; a flip of a replica's leader
@@ -27,15 +30,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cntnr_kv::DynStore;
+use cntnr_kv::{DynStore, Session};
 use cntnr_model::{EnvOnChange, Prefix, Project, ProjectName, ServiceName, ServiceSpec};
 use tokio::sync::mpsc;
 
+use super::roll::RollLocks;
 use super::watch::{ProjectSync, SyncConfig};
-use super::{
-    next_to_restart, on_change, render_env_file, resolve, EnvAction, Needs, Readiness,
-    ReplicaEnvState,
-};
+use super::{on_change, render_env_file, resolve, EnvAction, Needs, Readiness, ReplicaEnvState};
 use crate::election_replica::{Candidate, ElectionTiming, ReplicaElection};
 
 /// A signal the daemon should deliver to a container.
@@ -100,7 +101,9 @@ pub struct LocalReplica {
     pub bundle: PathBuf,
     /// `<node>/<container id>`.
     pub instance: String,
-    /// The address `leader:` consumers get when it leads.
+    /// The node's `--address`. What `leader:` consumers get when it leads
+    /// is [`leader_address`]: this for host/none services, where its
+    /// registration points for bridge ones.
     pub address: String,
 }
 
@@ -134,6 +137,7 @@ pub struct EnvSync {
     triggers: Mutex<Option<mpsc::UnboundedSender<ProjectName>>>,
     projects: Mutex<BTreeMap<ProjectName, ProjectEntry>>,
     elections: Mutex<BTreeMap<String, ElectionEntry>>,
+    rolls: RollLocks,
     signals: mpsc::UnboundedSender<SignalRequest>,
 }
 
@@ -174,6 +178,7 @@ impl EnvSync {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Arc::new(EnvSync {
+                rolls: RollLocks::new(store.clone(), prefix.clone()),
                 store,
                 prefix,
                 cfg,
@@ -187,8 +192,20 @@ impl EnvSync {
         )
     }
 
+    /// The agent's session, on which restart mode's roll locks are held
+    /// (`None`: one at a time per node only).
+    pub fn set_session(&self, session: Option<Arc<Session>>) {
+        self.rolls.set_session(session);
+    }
+
+    /// Whether this agent holds `service`'s roll lock (for tests).
+    pub fn holds_roll_lock(&self, project: &ProjectName, service: &ServiceName) -> bool {
+        self.rolls.holds(project, service)
+    }
+
     /// Where a debounced change of a project's sources is sent.
     pub fn set_triggers(&self, tx: Option<mpsc::UnboundedSender<ProjectName>>) {
+        self.rolls.set_triggers(tx.clone());
         *lock(&self.triggers) = tx;
     }
 
@@ -199,6 +216,9 @@ impl EnvSync {
         let needs = spec
             .map(|p| Needs::of(p.services.values().map(|s| &s.agent)))
             .unwrap_or_default();
+        if spec.is_none() {
+            self.rolls.forget(project, &[]);
+        }
         let mut projects = lock(&self.projects);
         if let Some(e) = projects.get(project) {
             if *e.sync.needs() == needs {
@@ -265,7 +285,9 @@ impl EnvSync {
     /// What the project's running containers need after their sources
     /// changed. Signal mode: the file is rewritten here, the step asks for
     /// the signal. Restart mode: at most one `Recreate` per service, only
-    /// while all its local replicas are ready.
+    /// while all its local replicas are ready and this agent holds the
+    /// service's roll lock (the campaign runs in the background and
+    /// requeues the project when won).
     pub fn plan_env(
         &self,
         project: &ProjectName,
@@ -273,6 +295,15 @@ impl EnvSync {
         containers: &[LocalReplica],
     ) -> Vec<EnvStep> {
         let mut steps = Vec::new();
+        let rolling_services: Vec<ServiceName> = spec
+            .services
+            .iter()
+            .filter(|(_, s)| {
+                !s.agent.env.is_empty() && s.agent.env_on_change == EnvOnChange::Restart
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.rolls.forget(project, &rolling_services);
         for (name, svc) in &spec.services {
             if svc.agent.env.is_empty() {
                 continue;
@@ -323,7 +354,16 @@ impl EnvSync {
                 });
             }
             if svc.agent.env_on_change == EnvOnChange::Restart {
-                if let Some(r) = next_to_restart(&rolling) {
+                // The lock's value: the instance that goes first (no value).
+                let first = rolling
+                    .iter()
+                    .filter(|r| r.stale)
+                    .map(|r| r.replica)
+                    .min()
+                    .and_then(|r| mine.iter().find(|c| c.replica == r))
+                    .map(|c| c.instance.clone())
+                    .unwrap_or_default();
+                if let Some(r) = self.rolls.step(project, name, &rolling, &first) {
                     if let Some(c) = mine.iter().find(|c| c.replica == r) {
                         steps.push(EnvStep::Recreate(c.id.clone()));
                     }
@@ -362,7 +402,7 @@ impl EnvSync {
                     project: project.clone(),
                     service: c.service.clone(),
                     instance: c.instance.clone(),
-                    address: c.address.clone(),
+                    address: leader_address(project, svc, c),
                     leader_file: cntnr_reconcile::bundle::leader_path(&c.bundle),
                 },
                 self.timing,
@@ -435,6 +475,7 @@ impl EnvSync {
         for (_, e) in std::mem::take(&mut *lock(&self.elections)) {
             e.forwarder.abort();
         }
+        self.rolls.shutdown();
     }
 }
 
@@ -472,4 +513,111 @@ pub fn local_replicas(
             }
         })
         .collect()
+}
+
+/// The address `leader:` consumers get when `c` leads: where its
+/// registration points ([`crate::registration::endpoint`]). For a bridge
+/// service that is the node's address when it publishes a port, else its
+/// container IP (from the hook's result in its bundle); for host and none
+/// services, or a bridge replica without either yet, the node's address
+/// (`c.address`).
+pub fn leader_address(project: &ProjectName, svc: &ServiceSpec, c: &LocalReplica) -> String {
+    if svc.network_mode != cntnr_model::NetworkMode::Bridge {
+        return c.address.clone();
+    }
+    let node = c
+        .instance
+        .split_once('/')
+        .and_then(|(n, _)| cntnr_model::NodeName::new(n).ok());
+    let (Ok(node_address), Some(node)) = (c.address.parse::<std::net::IpAddr>(), node) else {
+        return c.address.clone();
+    };
+    let (container_ip, published) = crate::daemon::network::container_addresses(&c.bundle);
+    let r = crate::registration::RunningReplica {
+        project,
+        service: &c.service,
+        spec: svc,
+        replica: c.replica,
+        config_hash: "",
+        node: &node,
+        node_address,
+        container_ip,
+        published: &published,
+    };
+    crate::registration::endpoint(&r).map_or_else(|| c.address.clone(), |(ip, _)| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cntnr_hook::request::{NetResult, NetworkResult, PortMapping4Cni};
+    use cntnr_hook::{PortProtocol, RESULT_FILE};
+
+    fn hook_result(bundle: &std::path::Path, ip: &str, published: Option<(u16, u16)>) {
+        let r = NetResult {
+            container_id: "shop-db-1".into(),
+            networks: vec![NetworkResult {
+                name: "cntnr.shop.default".into(),
+                ifname: "eth0".into(),
+                ips: vec![ip.parse().unwrap()],
+                cni_result: serde_json::Value::Null,
+                conflist: serde_json::Value::Null,
+            }],
+            ports: published
+                .into_iter()
+                .map(|(container_port, host_port)| PortMapping4Cni {
+                    host_port,
+                    container_port,
+                    protocol: PortProtocol::Tcp,
+                    host_ip: "0.0.0.0".into(),
+                })
+                .collect(),
+        };
+        std::fs::write(bundle.join(RESULT_FILE), serde_json::to_vec(&r).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn leader_address_is_where_the_replica_registers() {
+        let project = ProjectName::new("shop").unwrap();
+        let spec = cntnr_model::load_stored(
+            &project,
+            "projects/shop",
+            "services:\n  db:\n    image: x\n    expose: [\"5432\"]\n  pub:\n    image: x\n    ports: [\"8080:80\"]\n  host:\n    image: x\n    network_mode: host\n",
+        )
+        .unwrap();
+        let svc = |n: &str| &spec.services[&ServiceName::new(n).unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let local = |service: &str| LocalReplica {
+            id: format!("shop-{service}-1"),
+            service: ServiceName::new(service).unwrap(),
+            replica: 1,
+            running: true,
+            healthy: true,
+            bundle: dir.path().to_path_buf(),
+            instance: format!("n1/shop-{service}-1"),
+            address: "192.0.2.10".into(),
+        };
+        // No hook result yet: the node's address.
+        assert_eq!(
+            leader_address(&project, svc("db"), &local("db")),
+            "192.0.2.10"
+        );
+        // Bridge without a published port: its container IP.
+        hook_result(dir.path(), "10.90.0.7", None);
+        assert_eq!(
+            leader_address(&project, svc("db"), &local("db")),
+            "10.90.0.7"
+        );
+        // Host networking: the node's address, whatever the bundle says.
+        assert_eq!(
+            leader_address(&project, svc("host"), &local("host")),
+            "192.0.2.10"
+        );
+        // A published port: reached at the node's address.
+        hook_result(dir.path(), "10.90.0.8", Some((80, 8080)));
+        assert_eq!(
+            leader_address(&project, svc("pub"), &local("pub")),
+            "192.0.2.10"
+        );
+    }
 }

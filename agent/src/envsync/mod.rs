@@ -16,6 +16,7 @@
 //! container is stale — no database beside the runtime.
 
 pub mod engine;
+pub mod roll;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -70,6 +70,7 @@ impl ContainerRequest {
             working_dir: spec.working_dir.clone(),
             user: spec.user.clone(),
             hostname: spec.hostname.clone(),
+            domainname: spec.domainname.clone(),
             extra_hosts: spec
                 .extra_hosts
                 .iter()

@@ -48,7 +48,7 @@ mod rootfs;
 mod spec;
 pub mod user;
 
-pub use spec::DEFAULT_CAPABILITIES;
+pub use spec::{host_names, DEFAULT_CAPABILITIES};
 
 use crate::images::{ImageError, ImageRecord, ImageStore};
 use crate::runtime::{ContainerId, InvalidContainerId};
@@ -265,6 +265,9 @@ pub struct ContainerRequest {
     pub user: Option<String>,
     /// `hostname` (default: the container id).
     pub hostname: Option<String>,
+    /// `domainname`: the UTS domain name; `hostname.domainname` is added
+    /// to /etc/hosts.
+    pub domainname: Option<String>,
     /// `extra_hosts`: (name, address).
     pub extra_hosts: Vec<(String, String)>,
     /// `dns` (default: the host's resolv.conf).

@@ -335,6 +335,7 @@ pub(super) fn build(
             .build()?,
     ));
     spec.set_hostname(Some(hostname.clone()));
+    spec.set_domainname(req.domainname.clone());
 
     // Mounts: the defaults, generated /etc files, then the service's.
     let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
@@ -488,6 +489,11 @@ pub(super) fn build(
         }
         sysctl.insert(k.clone(), v.clone());
     }
+    // runc before 1.2 ignores the spec's `domainname`; the UTS domain is
+    // also set through its namespaced sysctl, which every runc applies.
+    if let Some(d) = req.domainname.as_deref().filter(|d| !d.is_empty()) {
+        sysctl.insert("kernel.domainname".to_string(), d.to_string());
+    }
     linux.set_sysctl((!sysctl.is_empty()).then_some(sysctl));
     if req.privileged {
         linux.set_masked_paths(None);
@@ -616,14 +622,24 @@ fn service_mount(
     }
 }
 
+/// The names a container's own /etc/hosts line gives it: `hostname`, with
+/// `hostname.domainname` first when a `domainname` is set (as docker does).
+pub fn host_names(hostname: &str, domainname: Option<&str>) -> String {
+    match domainname {
+        Some(d) if !d.is_empty() => format!("{hostname}.{d} {hostname}"),
+        _ => hostname.to_string(),
+    }
+}
+
 fn write_etc(
     etc: &Path,
     hostname: &str,
     req: &ContainerRequest,
     private_net: bool,
 ) -> Result<(), BundleError> {
+    let names = host_names(hostname, req.domainname.as_deref());
     let mut hosts = format!(
-        "127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+        "127.0.0.1\tlocalhost {names}\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
     );
     for (name, addr) in &req.extra_hosts {
         hosts.push_str(&format!("{addr}\t{name}\n"));
@@ -979,8 +995,13 @@ mod tests {
         let f = Fixture::new();
         let mut req = request(NetworkMode::Bridge);
         req.hostname = Some("web1".into());
+        req.domainname = Some("corp.example".into());
         req.extra_hosts = vec![("gw.example".into(), "192.0.2.1".into())];
         let c = f.build(&req).unwrap();
+        // domainname: the UTS domain, and the FQDN first on its own line.
+        assert_eq!(c["hostname"], "web1");
+        assert_eq!(c["domainname"], "corp.example");
+        assert_eq!(c["linux"]["sysctl"]["kernel.domainname"], "corp.example");
         let m = mount(&c, HOSTS_DIR).expect("hosts dir mounted");
         assert_eq!(m["type"], "bind");
         assert_eq!(
@@ -1021,7 +1042,10 @@ mod tests {
         let at = |d: &str| dests.iter().position(|x| *x == d).unwrap();
         assert!(at(crate::bundle::RUN_DIR_IN_CONTAINER) < at(HOSTS_DIR));
         let hosts = fs::read_to_string(crate::bundle::hosts_path(&f.bundle())).unwrap();
-        assert!(hosts.starts_with("127.0.0.1\tlocalhost web1\n"), "{hosts}");
+        assert!(
+            hosts.starts_with("127.0.0.1\tlocalhost web1.corp.example web1\n"),
+            "{hosts}"
+        );
         assert!(hosts.ends_with("192.0.2.1\tgw.example\n"), "{hosts}");
         // Re-running over a rootfs that already has the link is fine.
         f.build(&req).unwrap();
