@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{text, Agent, Kind, TestStore};
+use common::{status_record, text, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -104,11 +104,6 @@ fn two_agents_elect_one_leader_and_fail_over_consul() {
 #[test]
 fn two_agents_elect_one_leader_and_fail_over_dir() {
     two_agents_elect_one_leader_and_fail_over(Kind::Dir);
-}
-
-fn status_record(s: &TestStore, project: &str, node: &str) -> Option<Value> {
-    s.raw_get(&s.key(&format!("status/{project}/{node}")))
-        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
 }
 
 fn invalid_project_does_not_stop_the_agent(kind: Kind) {

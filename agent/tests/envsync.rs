@@ -23,45 +23,14 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cntnr_agent::election_replica::{parse_leader_file, LeaderState};
-use common::{text, wait_for, Agent, Kind, TestStore};
+use common::{deploy_output as deploy, running, text, wait_for, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn deploy(s: &TestStore, name: &str, yaml: &str) -> std::process::Output {
-    let file = s.tmp.path().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    s.cntnr(
-        s.tmp.path(),
-        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
-    )
-}
-
 fn config_set(s: &TestStore, key: &str, value: &str) {
     let out = s.cntnr(s.tmp.path(), &["config", "set", "shop", key, value]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-}
-
-/// Running containers under the agent's runc root: id → init pid.
-fn running(a: &Agent) -> BTreeMap<String, u64> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(a.runtime_root())
-        .args(["list", "--format", "json"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["status"] == "running")
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["pid"].as_u64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn logs(a: &Agent, service: &str, replica: u32) -> String {
@@ -75,8 +44,7 @@ fn logs(a: &Agent, service: &str, replica: u32) -> String {
 }
 
 fn status_record(s: &TestStore, node: &str) -> Option<Value> {
-    s.raw_get(&s.key(&format!("status/shop/{node}")))
-        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
+    common::status_record(s, "shop", node)
 }
 
 fn recreates(a: &Agent, id: &str) -> usize {

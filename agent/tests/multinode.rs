@@ -18,51 +18,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{text, Agent, Kind, TestStore};
+use common::{deploy, running, status_record, text, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn deploy(s: &TestStore, name: &str, yaml: &str) {
-    let file = s.tmp.path().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let out = s.cntnr(
-        s.tmp.path(),
-        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-}
-
-/// Running containers under the agent's runc root: id → init pid.
-fn running(a: &Agent) -> BTreeMap<String, u64> {
-    let mut tries = 0;
-    let out = loop {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(a.runtime_root())
-            .args(["list", "--format", "json"])
-            .output()
-            .unwrap();
-        tries += 1;
-        if out.status.success() || tries == 10 {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(out.status.success(), "runc list: {out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["status"] == "running")
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["pid"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
 
 /// Every running container of every agent: (node, id) → init pid.
 fn everywhere(agents: &[&Agent]) -> BTreeMap<(String, String), u64> {
@@ -117,11 +76,6 @@ fn placement(s: &TestStore, project: &str) -> Vec<String> {
     }
     out.sort();
     out
-}
-
-fn status_record(s: &TestStore, project: &str, node: &str) -> Option<Value> {
-    s.raw_get(&s.key(&format!("status/{project}/{node}")))
-        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
 }
 
 fn leader(s: &TestStore) -> Option<String> {

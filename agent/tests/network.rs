@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cntnr_e2e::host::{leaks, snapshot, Snapshot};
-use common::{text, Agent, Kind, TestStore};
+use common::{deploy, status_record as status, text, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -118,24 +118,9 @@ fn name(tag: &str) -> String {
     format!("n{}{tag}", std::process::id())
 }
 
-fn deploy(s: &TestStore, project: &str, yaml: &str) {
-    let file = s.tmp.path().join(format!("{project}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let out = s.cntnr(
-        s.tmp.path(),
-        &["deploy", "-f", file.to_str().unwrap(), "-p", project],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-}
-
 fn remove(s: &TestStore, project: &str) {
     let out = s.cntnr(s.tmp.path(), &["rm", project]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-}
-
-fn status(s: &TestStore, project: &str, node: &str) -> Option<Value> {
-    s.raw_get(&s.key(&format!("status/{project}/{node}")))
-        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
 }
 
 fn container<'a>(rec: &'a Value, id: &str) -> Option<&'a Value> {
@@ -294,6 +279,21 @@ services:
     networks:
       default:
         aliases: [postgres]
+"#
+    )
+}
+
+/// One `web` service: busybox httpd, published on 127.0.0.1:`port`.
+fn web(image: &str, port: u16) -> String {
+    format!(
+        r#"
+services:
+  web:
+    image: "{image}"
+    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
+    ports: ["127.0.0.1:{port}:80"]
+    dns: ["127.0.0.1"]
+    stop_grace_period: 1s
 "#
     )
 }
@@ -465,21 +465,7 @@ fn hook_killed_mid_add_then_retried_comes_up_once_and_leaks_nothing() {
     let port = free_port();
     let p = name("fp");
     let id = format!("{p}-web-1");
-    deploy(
-        &s,
-        &p,
-        &format!(
-            r#"
-services:
-  web:
-    image: "{image}"
-    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
-    ports: ["127.0.0.1:{port}:80"]
-    dns: ["127.0.0.1"]
-    stop_grace_period: 1s
-"#
-        ),
-    );
+    deploy(&s, &p, &web(&image, port));
     let rec = common::wait_for(WAIT, "the killed hook's error in status", || {
         status(&s, &p, "n1").filter(|r| {
             container(r, &id).is_some_and(|c| {
@@ -527,19 +513,7 @@ fn a_port_in_use_or_an_invalid_network_fails_only_its_project_with_a_clear_error
     let busy = holder.local_addr().unwrap().port();
     let good_port = free_port();
     let (busy_p, ext_p, good_p) = (name("busy"), name("ext"), name("good"));
-    let web = |port: u16| {
-        format!(
-            r#"
-services:
-  web:
-    image: "{image}"
-    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
-    ports: ["127.0.0.1:{port}:80"]
-    dns: ["127.0.0.1"]
-    stop_grace_period: 1s
-"#
-        )
-    };
+    let web = |port: u16| web(&image, port);
     deploy(&s, &busy_p, &web(busy));
     deploy(
         &s,
@@ -678,21 +652,7 @@ fn an_agent_without_a_cntnr_hook_beside_it_is_its_own_hook() {
     let port = free_port();
     let p = name("lone");
     let id = format!("{p}-web-1");
-    deploy(
-        &s,
-        &p,
-        &format!(
-            r#"
-services:
-  web:
-    image: "{image}"
-    command: ["httpd", "-f", "-p", "80", "-h", "/var/www"]
-    ports: ["127.0.0.1:{port}:80"]
-    dns: ["127.0.0.1"]
-    stop_grace_period: 1s
-"#
-        ),
-    );
+    deploy(&s, &p, &web(&image, port));
     wait_up(&s, &p, &[&id]);
     // runc ran the agent's own executable as the hook.
     let config: Value = serde_json::from_str(

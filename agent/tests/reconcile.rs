@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{text, Agent, Kind, OwnedStore, TestStore};
+use common::{deploy, running, status_record, text, Agent, Kind, OwnedStore, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -28,16 +28,6 @@ fn project(web_replicas: u32, tag: &str) -> String {
     format!(
         "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, 'echo web {tag}; exec sleep 3600']\n    deploy: {{replicas: {web_replicas}}}\n  worker:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, 'echo worker; exec sleep 3600']\n    depends_on: [web]\n"
     )
-}
-
-fn deploy(s: &TestStore, name: &str, yaml: &str) {
-    let file = s.tmp.path().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let out = s.cntnr(
-        s.tmp.path(),
-        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 /// `cntnr deploy` to another store URL than the test store's (same prefix).
@@ -55,38 +45,6 @@ fn deploy_to(s: &TestStore, url: &str, name: &str, yaml: &str) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
-/// Running containers under the agent's runc root: id → init pid.
-fn running(a: &Agent) -> BTreeMap<String, u64> {
-    // Retried: runc list can fail while a container is being deleted.
-    let mut tries = 0;
-    let out = loop {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(a.runtime_root())
-            .args(["list", "--format", "json"])
-            .output()
-            .unwrap();
-        tries += 1;
-        if out.status.success() || tries == 10 {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(out.status.success(), "runc list: {out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["status"] == "running")
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap().to_string(),
-                c["pid"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn wait_running(a: &Agent, ids: &[&str]) -> BTreeMap<String, u64> {
     common::wait_for(WAIT, &format!("exactly {ids:?} running"), || {
         let r = running(a);
@@ -94,11 +52,6 @@ fn wait_running(a: &Agent, ids: &[&str]) -> BTreeMap<String, u64> {
         (r.keys().map(String::as_str).eq(ids.iter().copied()) && all.len() == ids.len())
             .then_some(r)
     })
-}
-
-fn status_record(s: &TestStore, project: &str, node: &str) -> Option<Value> {
-    s.raw_get(&s.key(&format!("status/{project}/{node}")))
-        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
 }
 
 fn container<'a>(rec: &'a Value, id: &str) -> Option<&'a Value> {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cntnr_e2e::{shared_consul, shared_etcd};
-use common::{free_port, text, wait_for, Agent, Kind, TestStore};
+use common::{deploy, free_port, text, wait_for, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -48,16 +48,6 @@ fn agent(s: &TestStore) -> Agent {
         ],
         &[],
     )
-}
-
-fn deploy(s: &TestStore, name: &str, yaml: &str) {
-    let file = s.tmp.path().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let out = s.cntnr(
-        s.tmp.path(),
-        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 /// One httpd service on `port` serving `/tmp/www` (with a `health` page),

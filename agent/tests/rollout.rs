@@ -16,20 +16,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{text, Agent, Kind, TestStore};
+use common::{deploy, text, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn deploy(s: &TestStore, name: &str, yaml: &str) {
-    let file = s.tmp.path().join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let out = s.cntnr(
-        s.tmp.path(),
-        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-}
 
 /// `version` sets an env var (so the hash); `healthy: false` makes the
 /// check fail (the file it tests is never created).

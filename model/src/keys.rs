@@ -131,6 +131,18 @@ impl Prefix {
         format!("{}/rebalance/", self.0)
     }
 
+    /// `<prefix>/rollback/`: requests (`cntnr rollback PROJECT` writes
+    /// `rollback/<project>`) that the leader roll a project back to its last
+    /// fully healthy spec; the leader deletes a request once served.
+    pub fn rollback_dir(&self) -> String {
+        format!("{}/rollback/", self.0)
+    }
+
+    /// `<prefix>/status/`: every project's status records.
+    pub fn status_root(&self) -> String {
+        format!("{}/status/", self.0)
+    }
+
     /// `<prefix>/status/<project>/`: every node's status of a project.
     pub fn status_dir(&self, project: &ProjectName) -> String {
         format!("{}/status/{project}/", self.0)

@@ -206,6 +206,35 @@ pub fn project_name(s: &str) -> anyhow::Result<cntnr_model::ProjectName> {
     cntnr_model::ProjectName::new(s).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The project named `name`, which must be deployed (a user error otherwise).
+pub async fn deployed_project(ctx: &Ctx, name: &str) -> anyhow::Result<cntnr_model::ProjectName> {
+    let project = project_name(name)?;
+    let pkey = ctx.key(&cntnr_model::StoreKey::Project(project.clone()));
+    if ctx.store.get(&pkey).await?.is_none() {
+        anyhow::bail!("project {project} is not deployed (no key {pkey})");
+    }
+    Ok(project)
+}
+
+/// Writes a request the leader consumes, `<dir><project>` with the request
+/// time as its value, and reports it ("asked the leader to `what`").
+pub async fn request_leader(
+    ctx: &Ctx,
+    dir: String,
+    project: &cntnr_model::ProjectName,
+    what: &str,
+) -> anyhow::Result<()> {
+    let key = format!("{dir}{project}");
+    let value = serde_json::json!({ "requested": now_secs() }).to_string();
+    ctx.store.put(&key, value.as_bytes()).await?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "project": project.as_str(), "requested": key }));
+    } else {
+        println!("asked the leader to {what}");
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()

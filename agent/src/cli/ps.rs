@@ -33,7 +33,7 @@ pub struct NodeStatus {
 pub async fn read_status(ctx: &Ctx, project: Option<&ProjectName>) -> Result<Vec<NodeStatus>> {
     let prefix = match project {
         Some(p) => ctx.config.prefix.status_dir(p),
-        None => format!("{}/status/", ctx.config.prefix),
+        None => ctx.config.prefix.status_root(),
     };
     let snap = ctx.store.list(&prefix).await?;
     let mut out = Vec::new();

@@ -9,7 +9,6 @@ use anyhow::{bail, Result};
 use clap::Args;
 use cntnr_model::records::ScheduleRecord;
 use cntnr_model::StoreKey;
-use serde_json::json;
 
 use super::Ctx;
 
@@ -23,11 +22,7 @@ pub struct RollbackArgs {
 /// Runs `rollback`. A project that is not deployed, or that has no rolling
 /// update to undo, is a user error.
 pub async fn run(ctx: &Ctx, args: &RollbackArgs) -> Result<()> {
-    let project = super::project_name(&args.project)?;
-    let pkey = ctx.key(&StoreKey::Project(project.clone()));
-    if ctx.store.get(&pkey).await?.is_none() {
-        bail!("project {project} is not deployed (no key {pkey})");
-    }
+    let project = super::deployed_project(ctx, &args.project).await?;
     let skey = ctx.key(&StoreKey::Schedule(project.clone()));
     let rec: Option<ScheduleRecord> = ctx
         .store
@@ -47,21 +42,6 @@ pub async fn run(ctx: &Ctx, args: &RollbackArgs) -> Result<()> {
     if !undoable {
         bail!("project {project}: no rolling update to roll back (key {skey})");
     }
-    let key = format!(
-        "{}{project}",
-        crate::daemon::rollout::rollback_dir(&ctx.config.prefix)
-    );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    ctx.store
-        .put(&key, json!({ "requested": now }).to_string().as_bytes())
-        .await?;
-    if ctx.json {
-        ctx.print_json(&json!({ "project": project.as_str(), "requested": key }));
-    } else {
-        println!("asked the leader to roll back project {project}");
-    }
-    Ok(())
+    let what = format!("roll back project {project}");
+    super::request_leader(ctx, ctx.config.prefix.rollback_dir(), &project, &what).await
 }

@@ -52,16 +52,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 
-/// `<prefix>/rollback/`: `cntnr rollback PROJECT` writes
-/// `rollback/<project>`; the leader consumes it.
-pub fn rollback_dir(prefix: &cntnr_model::Prefix) -> String {
-    format!("{}/rollback/", prefix.as_str())
-}
-
-fn status_root(prefix: &cntnr_model::Prefix) -> String {
-    format!("{}/status/", prefix.as_str())
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -283,7 +273,7 @@ impl Leader {
 
     /// Deletes the `rollback/<project>` requests the last passes served.
     pub async fn served(&mut self, store: &DynStore, prefix: &cntnr_model::Prefix) -> Result<()> {
-        let dir = rollback_dir(prefix);
+        let dir = prefix.rollback_dir();
         for p in std::mem::take(&mut self.served) {
             store.delete(&format!("{dir}{p}")).await?;
         }
@@ -310,8 +300,8 @@ async fn follow(
     cancel: CancellationToken,
 ) {
     let prefix = shared.prefix.clone();
-    let sdir = status_root(&prefix);
-    let rdir = rollback_dir(&prefix);
+    let sdir = prefix.status_root();
+    let rdir = prefix.rollback_dir();
     let mut swatch = store.watch(&sdir, WatchFrom::Start);
     let mut rwatch = store.watch(&rdir, WatchFrom::Start);
     loop {

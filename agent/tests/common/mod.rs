@@ -297,13 +297,13 @@ impl Drop for Agent {
     }
 }
 
-/// `runc --root ROOT list`: (id, status) of every container.
-pub fn runc_list(root: &Path) -> Vec<(String, String)> {
+/// `runc --root ROOT list --format json`: one JSON object per container.
+/// Retried briefly: runc list can fail while a container is being deleted
+/// under it (its state dir vanishes mid-listing).
+pub fn runc_list_json(root: &Path) -> Vec<serde_json::Value> {
     if !root.exists() {
         return Vec::new();
     }
-    // runc list can fail while a container is being deleted under it
-    // (its state dir vanishes mid-listing): retry briefly.
     let mut tries = 0;
     let out = loop {
         let out = Command::new("runc")
@@ -319,20 +319,59 @@ pub fn runc_list(root: &Path) -> Vec<(String, String)> {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(out.status.success(), "runc list: {out:?}");
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|c| {
-                    (
-                        c["id"].as_str().unwrap_or_default().to_string(),
-                        c["status"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
+    match serde_json::from_slice(&out.stdout) {
+        Ok(serde_json::Value::Array(a)) => a,
+        _ => Vec::new(),
+    }
+}
+
+/// `runc --root ROOT list`: (id, status) of every container.
+pub fn runc_list(root: &Path) -> Vec<(String, String)> {
+    runc_list_json(root)
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                c["status"].as_str().unwrap_or_default().to_string(),
+            )
         })
-        .unwrap_or_default()
+        .collect()
+}
+
+/// Running containers under the agent's runc root: id → init pid.
+pub fn running(a: &Agent) -> std::collections::BTreeMap<String, u64> {
+    runc_list_json(&a.runtime_root())
+        .iter()
+        .filter(|c| c["status"] == "running")
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `cntnr deploy -f <tmp>/NAME.yaml -p NAME` of `yaml`: its output.
+pub fn deploy_output(s: &TestStore, name: &str, yaml: &str) -> Output {
+    let file = s.tmp.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    s.cntnr(
+        s.tmp.path(),
+        &["deploy", "-f", file.to_str().unwrap(), "-p", name],
+    )
+}
+
+/// [`deploy_output`], asserting it succeeded.
+pub fn deploy(s: &TestStore, name: &str, yaml: &str) {
+    let out = deploy_output(s, name, yaml);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// The status record `status/PROJECT/NODE`, parsed.
+pub fn status_record(s: &TestStore, project: &str, node: &str) -> Option<serde_json::Value> {
+    s.raw_get(&s.key(&format!("status/{project}/{node}")))
+        .map(|t| serde_json::from_str(&t).expect("status record is JSON"))
 }
 
 /// Removes every container under `root` and unmounts every bundle rootfs
