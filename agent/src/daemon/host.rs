@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use cntnr_reconcile::bundle::{BundleConfig, Policy as BundlePolicy};
 use cntnr_reconcile::images::{ImageStore, StoreOptions};
-use cntnr_reconcile::runc::{Runc, RuncConfig};
+/// The container runtime the agent drives (one place to swap it).
+pub(crate) use cntnr_reconcile::runc::Runc;
+use cntnr_reconcile::runc::RuncConfig;
 
 use super::Policy;
 

@@ -34,9 +34,10 @@ use anyhow::Result;
 use cntnr_kv::{DynStore, Registration, Session};
 use cntnr_model::records::{Health, HEALTH_OUTPUT_MAX};
 use cntnr_model::{NetworkMode, NodeName, Project, ProjectName, ServiceName, ServiceSpec};
-use cntnr_reconcile::runc::Runc;
 use cntnr_reconcile::runtime::{annotations, ContainerId, ContainerState, Runtime, Status};
 use tokio::sync::{mpsc, watch};
+
+use super::host::Runc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
