@@ -7,9 +7,10 @@
 //! with them; locks are KV `acquire`/`release`; the fencing token is the
 //! lock key's `ModifyIndex` at acquire, checked with `check-session` +
 //! `check-index` in the fenced write's txn. The registry is the local
-//! agent's service/check API and `/v1/health/service`.
+//! agent's service/check API (`/v1/agent/services` lists what it holds)
+//! and `/v1/health/service`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -902,6 +903,23 @@ impl Store for ConsulStore {
 
     async fn instances(&self, name: &str, passing_only: bool) -> Result<Vec<ServiceInstance>> {
         Ok(self.health(name, passing_only, None).await?.0)
+    }
+
+    async fn service_names(&self) -> Result<BTreeSet<String>> {
+        // `/v1/agent/services`: instance id → the local agent's definition;
+        // only the name (`Service`) is needed.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct AgentService {
+            service: String,
+        }
+        let op = "listing the local agent's services";
+        let resp = self
+            .c
+            .send(op, self.c.req(Method::GET, "/v1/agent/services"), &[])
+            .await?;
+        let services: BTreeMap<String, AgentService> = ConsulClient::json(op, resp).await?;
+        Ok(services.into_values().map(|s| s.service).collect())
     }
 
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {

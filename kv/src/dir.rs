@@ -25,7 +25,7 @@
 //! is only removed if it still has the version the session wrote, so a
 //! successor's write is never undone).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -979,6 +979,15 @@ impl Store for DirStore {
             .list(&registry::service_prefix(&self.inner.registry_prefix, name))
             .await?;
         Ok(registry::instances(&snap, passing_only))
+    }
+
+    async fn service_names(&self) -> Result<BTreeSet<String>> {
+        let prefix = &self.inner.registry_prefix;
+        let snap = self.list(&registry::registry_root(prefix)).await?;
+        Ok(registry::service_names(
+            prefix,
+            snap.entries.keys().map(String::as_str),
+        ))
     }
 
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {

@@ -4,7 +4,7 @@
 //! leases; locks are a txn on the lock key's create-revision (the fencing
 //! token); the registry is JSON records bound to the lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -760,6 +760,27 @@ impl Store for EtcdStore {
             .list_at(&registry::service_prefix(&self.registry_prefix, name))
             .await?;
         Ok(registry::instances(&snap, passing_only))
+    }
+
+    async fn service_names(&self) -> Result<BTreeSet<String>> {
+        let root = registry::registry_root(&self.registry_prefix);
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(
+                root.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(|e| map_err(&format!("listing service names under {root}"), e))?;
+        let keys: Vec<String> = resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        Ok(registry::service_names(
+            &self.registry_prefix,
+            keys.iter().map(String::as_str),
+        ))
     }
 
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {

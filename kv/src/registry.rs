@@ -2,7 +2,7 @@
 //! per instance under `<registry prefix>/<name>/<id>`, bound to the
 //! registering session, carrying its check status and when it was set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{FutureExt, StreamExt};
@@ -111,6 +111,28 @@ pub(crate) fn record_key(prefix: &str, name: &str, id: &str) -> Result<String> {
 
 pub(crate) fn service_prefix(prefix: &str, name: &str) -> String {
     format!("{}/{}/", prefix.trim_end_matches('/'), name)
+}
+
+/// The directory every instance record is under: `<registry prefix>/`.
+pub(crate) fn registry_root(prefix: &str) -> String {
+    format!("{}/", prefix.trim_end_matches('/'))
+}
+
+/// `Store::service_names` for the record-based backends: the `<name>` of
+/// every key under [`registry_root`] that is an instance record
+/// (`<root><name>/<id>`, `<id>` non-empty). Keys of another shape are
+/// skipped.
+pub(crate) fn service_names<'a>(
+    prefix: &str,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> BTreeSet<String> {
+    let root = registry_root(prefix);
+    keys.into_iter()
+        .filter_map(|k| {
+            let (name, id) = k.strip_prefix(&root)?.split_once('/')?;
+            (!name.is_empty() && !id.is_empty()).then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// `Store::register` for the record-based backends (etcd, dir): the record,
@@ -277,5 +299,23 @@ mod tests {
             "cntnr/services/web/n1/web-1"
         );
         assert!(record_key("cntnr/services", "a/b", "x").is_err());
+    }
+
+    #[test]
+    fn service_names_are_the_first_segment_of_instance_keys() {
+        let keys = [
+            "cntnr/services/web/n1/web-1",
+            "cntnr/services/web/n2/web-1",
+            "cntnr/services/db/tool-7",
+            // Not instance records: no id, no name, outside the root.
+            "cntnr/services/lonely",
+            "cntnr/services/empty/",
+            "cntnr/services//x",
+            "cntnr/servicesX/api/n1/api-1",
+            "cntnr/projects/shop",
+        ];
+        let want: BTreeSet<String> = ["db".to_string(), "web".to_string()].into();
+        assert_eq!(service_names("cntnr/services", keys), want);
+        assert_eq!(service_names("cntnr/services/", keys), want);
     }
 }

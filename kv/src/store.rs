@@ -1,7 +1,7 @@
 //! The one contract every backend implements: KV, watch, sessions, locks
 //! with fencing, and the service registry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -349,6 +349,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Lists the instances of `name` (Consul: `/v1/health/service`), only
     /// passing ones when `passing_only`. Sorted by id. Idempotent.
     async fn instances(&self, name: &str, passing_only: bool) -> Result<Vec<ServiceInstance>>;
+
+    /// Names of the services with at least one instance this store handle
+    /// can deregister, whoever registered it: the starting point for
+    /// cleaning up entries whose names are no longer known (an agent that
+    /// restarts after a project was removed). Idempotent; filter the
+    /// instances (`instances(name, false)`) by id and meta before touching
+    /// any. Consul: the services registered with the local agent
+    /// (`/v1/agent/services`), which is all `deregister` can reach, not the
+    /// whole catalog. etcd/dir: every `<name>` with an instance record
+    /// under the registry prefix.
+    async fn service_names(&self) -> Result<BTreeSet<String>>;
 
     /// Follows the instances of `name`: yields the full list on every
     /// change (first item: current list). Never fatal; reconnects inside.

@@ -29,6 +29,8 @@ struct Env {
     backend: Backend,
     store: DynStore,
     prefix: String,
+    /// The registry prefix the store was opened with.
+    registry: String,
     url: String,
     _dir: Option<tempfile::TempDir>,
 }
@@ -61,8 +63,9 @@ async fn open(url: &str, opts: &ConnectOptions) -> DynStore {
 }
 
 async fn env(backend: Backend, name: &str) -> Env {
+    let registry = format!("{}/services", unique(name));
     let opts = ConnectOptions {
-        registry_prefix: format!("{}/services", unique(name)),
+        registry_prefix: registry.clone(),
         ..test_opts()
     };
     let (url, dir) = match backend {
@@ -88,6 +91,7 @@ async fn env(backend: Backend, name: &str) -> Env {
         backend,
         store,
         prefix: format!("{}/", unique(name)),
+        registry,
         url,
         _dir: dir,
     }
@@ -717,6 +721,75 @@ async fn registry_register_ttl_check_and_deregister(b: Backend) {
     assert!(e.store.instances(&name, false).await.unwrap().is_empty());
 }
 
+/// Registry: `service_names` lists every name with an instance, whoever
+/// registered it and under any name (the agent's clean-up of entries whose
+/// names it no longer knows starts from it); a name goes once its last
+/// instance is deregistered. On Consul it is the local agent's services,
+/// shared with the other tests here, so only ours are compared there.
+async fn registry_service_names_list_every_registered_name(b: Backend) {
+    let e = env(b, "names").await;
+    let sess = e.store.create_session(ttl(b)).await.unwrap();
+    let (a, z) = (unique("alpha"), unique("zeta"));
+    let reg = |name: &str, id: &str| Registration {
+        name: name.to_string(),
+        id: id.to_string(),
+        address: "127.0.0.1".into(),
+        port: 8080,
+        tags: vec![],
+        meta: [("node".to_string(), "node1".to_string())].into(),
+        check_ttl: Duration::from_secs(30),
+        deregister_after: Duration::from_secs(120),
+    };
+    let ours = |names: &BTreeSet<String>| -> BTreeSet<String> {
+        names
+            .iter()
+            .filter(|n| **n == a || **n == z)
+            .cloned()
+            .collect()
+    };
+    let before = e.store.service_names().await.unwrap();
+    assert!(ours(&before).is_empty(), "{before:?}");
+    if b != Backend::Consul {
+        assert!(before.is_empty(), "{before:?}");
+    }
+
+    // Two instances of one name (one bound to a session, one from another
+    // registrant's session), one of another, ids with and without `/`.
+    let other = e.store.create_session(ttl(b)).await.unwrap();
+    e.store
+        .register(&sess, &reg(&a, "node1/shop-a-1"))
+        .await
+        .unwrap();
+    e.store
+        .register_with_status(&other, &reg(&a, "node2/shop-a-1"), Health::Critical)
+        .await
+        .unwrap();
+    e.store.register(&other, &reg(&z, "tool-z")).await.unwrap();
+    // A plain key beside the records is not a service.
+    if b != Backend::Consul {
+        e.store
+            .put(&format!("{}/lonely", e.registry), b"x")
+            .await
+            .unwrap();
+    }
+    let names = e.store.service_names().await.unwrap();
+    assert_eq!(ours(&names), [a.clone(), z.clone()].into(), "{names:?}");
+    if b != Backend::Consul {
+        assert_eq!(names, [a.clone(), z.clone()].into());
+    }
+
+    // One of two instances gone: the name stays; the last gone: it goes.
+    e.store.deregister(&a, "node1/shop-a-1").await.unwrap();
+    let names = e.store.service_names().await.unwrap();
+    assert_eq!(ours(&names), [a.clone(), z.clone()].into(), "{names:?}");
+    e.store.deregister(&a, "node2/shop-a-1").await.unwrap();
+    e.store.deregister(&z, "tool-z").await.unwrap();
+    let names = e.store.service_names().await.unwrap();
+    assert!(ours(&names).is_empty(), "{names:?}");
+    sess.close().await.unwrap();
+    other.close().await.unwrap();
+}
+
 /// A watch resumed from a snapshot sees exactly what happened after it,
 /// including deletes.
 async fn watch_resumes_from_snapshot(b: Backend) {
@@ -778,4 +851,5 @@ contract!(
     two_contenders_one_holder_and_deposed_write_fenced,
     registry_register_ttl_check_and_deregister,
     registry_register_with_status_is_never_seen_passing_first,
+    registry_service_names_list_every_registered_name,
 );
