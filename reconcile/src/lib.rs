@@ -27,6 +27,8 @@
 
 pub mod bundle;
 pub mod digest;
+#[cfg(feature = "fake-runtime")]
+pub mod fake;
 pub mod images;
 pub mod plan;
 pub mod rollout;
