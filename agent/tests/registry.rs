@@ -929,3 +929,225 @@ fn a_changed_healthcheck_applies_to_the_running_container_without_a_recreate() {
     });
     assert_eq!(pid(&a), Some(before), "the container was not recreated");
 }
+
+// ------------------------------------- orphans left while the agent was down
+
+/// Instance ids registered under `name` (Consul's health listing, or the
+/// etcd/dir records).
+fn ids_under(s: &TestStore, name: &str) -> BTreeSet<String> {
+    match s.kind {
+        Kind::Consul => consul_entries(name, false)
+            .into_iter()
+            .map(|e| e.id)
+            .collect(),
+        _ => records(s, name).into_keys().collect(),
+    }
+}
+
+/// Deletes every etcd key under a prefix, even on failure.
+struct EtcdPrefix(Option<String>);
+
+impl Drop for EtcdPrefix {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = shared_etcd().etcdctl(&["del", "--prefix", p]);
+        }
+    }
+}
+
+/// A project removed from the store while the agent was down, its
+/// container gone too: nothing the restarted agent runs or is asked to run
+/// uses that service name any more, yet the entry it left is removed on
+/// start — promptly, not by Consul's `DeregisterCriticalServiceAfter`
+/// (1 min) or the etcd lease (60 s here). Entries of another tool, of
+/// another node, and ones only half shaped like ours (this node in the id
+/// but no node meta, or the node meta but another node's id) stay.
+///
+/// Consul: a graceful stop (SIGTERM) leaves the entries registered, as it
+/// leaves the containers running. etcd: a graceful stop revokes the lease
+/// and its records with it, so only a crash (SIGKILL) leaves any. (The dir
+/// store reaps a dead process's session as soon as it is opened again, so
+/// it has no such orphans.)
+fn orphans_of_a_project_removed_while_the_agent_was_down_go_on_its_start(kind: Kind) {
+    let s = TestStore::new(kind, "down");
+    let node = node(&s);
+    let tag = s.prefix.replace('-', "");
+    let (keep, gone, tool) = (format!("kp{tag}"), format!("gn{tag}"), format!("tl{tag}"));
+    let (pk, pg) = (free_port(), free_port());
+    let ours_kept = format!("{node}/keep-web-1");
+    let orphan = format!("{node}/gone-web-1");
+
+    // (name, id, node meta) of entries that are not ours to remove.
+    let foreign: Vec<(String, String, Option<String>)> = vec![
+        (tool.clone(), format!("tool-{tag}"), None),
+        (
+            gone.clone(),
+            format!("{node}x/gone-web-1"),
+            Some(format!("{node}x")),
+        ),
+        (gone.clone(), format!("{node}/gone-web-2"), None),
+        (
+            gone.clone(),
+            format!("{node}x/gone-web-3"),
+            Some(node.clone()),
+        ),
+    ];
+    let _consul_foreign = Foreign(if kind == Kind::Consul {
+        foreign.iter().map(|(_, id, _)| id.clone()).collect()
+    } else {
+        Vec::new()
+    });
+    let _etcd_keys = EtcdPrefix((kind == Kind::Etcd).then(|| format!("{}/", s.prefix)));
+    for (i, (name, id, owner)) in foreign.iter().enumerate() {
+        let port = i + 1;
+        let meta = match owner {
+            Some(o) => format!(r#"{{"node":"{o}","project":"gone"}}"#),
+            None => "{}".to_string(),
+        };
+        match kind {
+            Kind::Consul => consul_put(
+                "/v1/agent/service/register",
+                &format!(
+                    r#"{{"ID":"{id}","Name":"{name}","Address":"127.0.0.2","Port":{port},"Meta":{meta}}}"#
+                ),
+            ),
+            _ => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis();
+                s.raw_put(
+                    &s.key(&format!("services/{name}/{id}")),
+                    &format!(
+                        r#"{{"name":"{name}","id":"{id}","address":"127.0.0.2","port":{port},"tags":[],"meta":{meta},"status":"passing","output":"","check_ttl_ms":3600000,"updated_ms":{now}}}"#
+                    ),
+                );
+            }
+        }
+    }
+    let foreign_present = |s: &TestStore| -> Vec<String> {
+        foreign
+            .iter()
+            .filter(|(name, id, _)| !ids_under(s, name).contains(id))
+            .map(|(_, id, _)| id.clone())
+            .collect()
+    };
+    assert!(foreign_present(&s).is_empty(), "foreign entries registered");
+
+    let ttl = if kind == Kind::Consul { "10s" } else { "60s" };
+    let mut a = s.agent_with(
+        &node,
+        &[
+            "--allow-host-network",
+            "--address",
+            "127.0.0.1",
+            "--session-ttl",
+            ttl,
+            "--resync",
+            "5s",
+        ],
+        &[],
+    );
+    deploy(
+        &s,
+        "keep",
+        &format!("services:\n{}", httpd_service("web", &keep, pk, "")),
+    );
+    deploy(
+        &s,
+        "gone",
+        &format!("services:\n{}", httpd_service("web", &gone, pg, "")),
+    );
+    wait_agent(&a, WAIT, "both projects registered", || {
+        (ids_under(&s, &keep).contains(&ours_kept) && ids_under(&s, &gone).contains(&orphan))
+            .then_some(())
+    });
+
+    // The agent stops without cleaning up.
+    if kind == Kind::Consul {
+        a.signal("TERM");
+        assert!(a.wait_exit(WAIT).success(), "{}", a.log_text());
+    } else {
+        a.signal("KILL");
+        let _ = a.wait_exit(WAIT);
+    }
+    // While it is down: the project is removed and its container is gone.
+    let out = s.cntnr(s.tmp.path(), &["rm", "gone"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(a.runtime_root())
+        .args(["delete", "--force", "gone-web-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let left = a.runc_list();
+    assert_eq!(
+        left,
+        [("keep-web-1".to_string(), "running".to_string())],
+        "{left:?}"
+    );
+    // Its entry is still there, right before the agent comes back.
+    assert!(
+        ids_under(&s, &gone).contains(&orphan),
+        "the orphan is there while the agent is down: {:?}",
+        ids_under(&s, &gone)
+    );
+    assert!(foreign_present(&s).is_empty());
+
+    a.restart(&[]);
+    // Well before Consul's reaper (1 min critical) or the lease (60 s).
+    wait_agent(
+        &a,
+        Duration::from_secs(20),
+        "the orphan removed by the restarted agent",
+        || (!ids_under(&s, &gone).contains(&orphan)).then_some(()),
+    );
+    let log = wait_agent(&a, WAIT, "the clean-up done", || {
+        let log = a.log_text();
+        log.contains("registry clean-up done").then_some(log)
+    });
+    assert!(
+        log.contains("removed the entry of a container that no longer exists")
+            && log.contains(&orphan)
+            && log.contains("removed=1"),
+        "the agent removed exactly the orphan:\n{log}"
+    );
+    // Nothing else was touched: the running replica's entry stays, and so
+    // does every foreign one.
+    assert!(ids_under(&s, &keep).contains(&ours_kept));
+    assert!(
+        foreign_present(&s).is_empty(),
+        "foreign entries removed: {:?}",
+        foreign_present(&s)
+    );
+    let gone_ids = ids_under(&s, &gone);
+    assert_eq!(
+        gone_ids,
+        foreign
+            .iter()
+            .filter(|(name, _, _)| *name == gone)
+            .map(|(_, id, _)| id.clone())
+            .collect(),
+    );
+
+    // Clean up: the kept project goes with its entry.
+    let out = s.cntnr(s.tmp.path(), &["rm", "keep"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    wait_agent(&a, WAIT, "the kept project's entry gone", || {
+        (!ids_under(&s, &keep).contains(&ours_kept)).then_some(())
+    });
+    wait_for(WAIT, "containers gone", || {
+        a.runc_list().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn consul_orphans_of_a_project_removed_while_the_agent_was_down_go_on_its_start() {
+    orphans_of_a_project_removed_while_the_agent_was_down_go_on_its_start(Kind::Consul);
+}
+
+#[test]
+fn etcd_orphans_of_a_project_removed_while_the_agent_was_down_go_on_its_start() {
+    orphans_of_a_project_removed_while_the_agent_was_down_go_on_its_start(Kind::Etcd);
+}

@@ -22,7 +22,8 @@
 //!   session starts from nothing written, so every entry is registered
 //!   again (etcd/dir records are bound to the session). Once the first full
 //!   reconcile is done it removes entries this node owns whose containers
-//!   no longer exist, and nothing else.
+//!   no longer exist, under any service name the store holds, and nothing
+//!   else.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -659,14 +660,6 @@ impl Supervisor {
             .collect()
     }
 
-    /// Service names of the followed containers' entries.
-    fn names(&self) -> BTreeSet<String> {
-        lock(&self.tracked)
-            .values()
-            .filter_map(|t| t.entry.as_ref().map(|e| e.name.clone()))
-            .collect()
-    }
-
     /// A container's health, failing streak and last output (capped), for
     /// its status record.
     pub fn status_fields(&self, id: &ContainerId) -> (Health, u32, Option<String>) {
@@ -734,7 +727,7 @@ pub async fn run(
         sup.written
             .send_replace(written.keys().cloned().collect::<BTreeSet<_>>());
         if !cleaned && shared.is_ready() {
-            cleaned = clean_orphans(&store, &sup, &shared, &written).await;
+            cleaned = clean_orphans(&store, &sup, &written).await;
         }
         let now = tokio::time::Instant::now();
         let mut next = written
@@ -855,32 +848,26 @@ async fn write(
     failed
 }
 
-/// Deregisters entries this node owns ([`owned_container`]) whose
-/// containers no longer exist, under every name this node may have used:
-/// the registered names of the desired projects and of the followed
-/// containers. Entries of other nodes and other tools are never touched.
-/// `true` when done.
+/// Deregisters entries this node owns ([`owned_container`]: instance id
+/// `<node>/<container>` *and* meta `node` both name this node) whose
+/// containers no longer exist, under every service name the store holds
+/// ([`cntnr_kv::Store::service_names`]; on Consul, everything the local
+/// agent has registered), so the entries of a project removed while the
+/// agent was down go too, not only those under names a current project or
+/// container uses. Entries of other nodes and other tools are never
+/// touched; nor is anything this session has written. `true` when done.
 async fn clean_orphans(
     store: &DynStore,
     sup: &Supervisor,
-    shared: &Shared,
     written: &BTreeMap<String, Written>,
 ) -> bool {
-    let mut names = sup.names();
-    {
-        let desired = lock(&shared.desired);
-        for p in desired.projects.values() {
-            if let Ok(project) = &p.spec {
-                for (s, spec) in &project.services {
-                    if crate::registration::is_registered(spec) {
-                        names.insert(
-                            crate::registration::service_name(&project.name, s, spec).to_string(),
-                        );
-                    }
-                }
-            }
+    let names = match store.service_names().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing service names for the registry clean-up; will retry");
+            return false;
         }
-    }
+    };
     let existing: BTreeSet<ContainerId> = match sup.runc.list().await {
         Ok(list) => list.into_iter().map(|c| c.id).collect(),
         Err(e) => {
@@ -889,6 +876,8 @@ async fn clean_orphans(
         }
     };
     let mut done = true;
+    let mut removed = 0usize;
+    let services = names.len();
     for name in names {
         let instances = match store.instances(&name, false).await {
             Ok(i) => i,
@@ -910,6 +899,7 @@ async fn clean_orphans(
             }
             match store.deregister(&name, &i.id).await {
                 Ok(()) => {
+                    removed += 1;
                     tracing::info!(service = %name, instance = %i.id, "removed the entry of a container that no longer exists")
                 }
                 Err(e) => {
@@ -918,6 +908,9 @@ async fn clean_orphans(
                 }
             }
         }
+    }
+    if done {
+        tracing::info!(services, removed, "registry clean-up done");
     }
     done
 }
