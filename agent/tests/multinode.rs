@@ -9,9 +9,11 @@
 //!   nowhere is pending and the leader's status says why; when the node
 //!   comes back it stops what moved away and nothing runs twice;
 //! - the leader killed: another leads and no container restarts anywhere;
-//! - the leader frozen (SIGSTOP) past its TTL while another leads and
-//!   changes the schedule: when it wakes, its leadership is gone and the
-//!   schedule stays the new leader's.
+//! - the leader frozen (SIGSTOP) past its TTL between computing a schedule
+//!   and writing it (a test-only pause, `CNTNR_FAULT_SCHEDULE_WRITE_DELAY`,
+//!   makes the moment deterministic) while another leads and changes the
+//!   schedule: when it wakes, its late write is rejected as fenced out and
+//!   the schedule stays the new leader's.
 
 mod common;
 
@@ -318,76 +320,181 @@ fn many_nodes(kind: Kind) {
         "a leader change moves nothing"
     );
     assert_eq!(everywhere_n(&all, 4), pids, "no container restarted");
+}
 
-    // Freeze the leader past its TTL; another leads and changes the
-    // schedule; the frozen one wakes up and cannot overwrite it.
-    let frozen = leader(&s).unwrap();
-    let frozen_token = schedule(&s, "shop").unwrap()["fencing_token"]
+#[test]
+fn three_nodes_node_loss_and_failover_etcd() {
+    many_nodes(Kind::Etcd);
+}
+
+#[test]
+fn three_nodes_node_loss_and_failover_consul() {
+    many_nodes(Kind::Consul);
+}
+
+/// The pause the frozen leader is given between computing a schedule and
+/// its fenced write: long enough for the test to see the log line and
+/// SIGSTOP it inside the pause.
+const FAULT_DELAY: &str = "4s";
+
+/// `web` with `replicas`, never moved off a gone node while the test runs.
+fn fenced_project(replicas: u32) -> String {
+    let image = common::test_image_ref();
+    format!(
+        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sleep, '3600']\n    annotations: {{cntnr.reschedule-after: 10m}}\n    deploy: {{replicas: {replicas}}}\n"
+    )
+}
+
+/// Lines of `log` containing every one of `words`.
+fn count_lines(log: &str, words: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+/// Fenced leadership, observed: the leader (started with the test-only
+/// `CNTNR_FAULT_SCHEDULE_WRITE_DELAY`) has computed a schedule and is
+/// about to write it when it is frozen (SIGSTOP, as a GC pause or a stalled
+/// VM would); its session lapses, another agent leads and changes the
+/// schedule; woken (SIGCONT), the old leader attempts its write, which the
+/// store rejects as fenced out (logged, counted in `/metrics`), and the
+/// schedule stays the new leader's. Nothing is restarted, nothing runs
+/// twice.
+fn frozen_leader_late_schedule_write_is_fenced_out(kind: Kind) {
+    let s = TestStore::new(kind, "fence");
+    let ttl = session_ttl(kind);
+    // n1 first and alone, so it is the leader and the only agent that
+    // pauses; the others join once it leads.
+    let mut agents = vec![s.agent_with(
+        "n1",
+        &["--session-ttl", ttl],
+        &[("CNTNR_FAULT_SCHEDULE_WRITE_DELAY", FAULT_DELAY)],
+    )];
+    common::wait_for(WAIT, "n1 leading", || {
+        (leader(&s).as_deref() == Some("n1")).then_some(())
+    });
+    for n in ["n2", "n3"] {
+        agents.push(s.agent_with(n, &["--session-ttl", ttl], &[]));
+    }
+    common::wait_for(WAIT, "three nodes", || {
+        let v = s.cntnr_json(&["nodes"]);
+        (v["nodes"].as_array().map(Vec::len) == Some(3)).then_some(())
+    });
+    deploy(&s, "shop", &fenced_project(3));
+    let all: Vec<&Agent> = agents.iter().collect();
+    let placed = common::wait_for(WAIT, "three replicas running as n1 scheduled", || {
+        let p = converged(&s, &all, "shop").filter(|p| p.len() == 3)?;
+        let rec = schedule(&s, "shop")?;
+        (rec["leader"] == "n1" && rec["healthy_spec"].is_string()).then_some(p)
+    });
+    let old_token = schedule(&s, "shop").unwrap()["fencing_token"]
         .as_u64()
         .unwrap();
-    by_node(&mut agents, &frozen).signal("STOP");
-    let next = common::wait_for(WAIT, "a leader other than the frozen one", || {
-        leader(&s).filter(|l| *l != frozen)
+    let pause = [
+        "fault injection: pausing before the fenced schedule write",
+        "project=shop",
+    ];
+    let token_field = format!("token={old_token}");
+    let written = format!("schedule written project=shop token={old_token}");
+    // Every paused write of n1 has landed (none in flight).
+    let n1 = &agents[0];
+    let paused_before = common::wait_for(WAIT, "n1's paused writes all landed", || {
+        let log = n1.log_text();
+        let paused = count_lines(&log, &pause);
+        (paused > 0 && paused == log.matches(&written).count()).then_some(paused)
     });
-    let mut scaled = project(&first_leader);
-    scaled = scaled.replace("stop_grace_period: 1s\n    command: [sleep, '3600']\n    annotations: {cntnr.reschedule-after: 5s}\n    deploy: {placement", "stop_grace_period: 1s\n    command: [sleep, '3600']\n    annotations: {cntnr.reschedule-after: 5s}\n    deploy: {replicas: 2, placement");
-    assert_ne!(scaled, project(&first_leader));
-    deploy(&s, "shop", &scaled);
-    let rec = common::wait_for(WAIT, "the new leader's schedule with solo/2", || {
+    let pids = everywhere_n(&all, 3);
+
+    // A new revision: n1 computes its schedule and pauses before writing
+    // it; it is frozen right there.
+    deploy(&s, "shop", &fenced_project(4));
+    common::wait_for(WAIT, "n1 pausing before its write", || {
+        (count_lines(&n1.log_text(), &pause) > paused_before).then_some(())
+    });
+    n1.signal("STOP");
+    let written_before = n1.log_text().matches(&written).count();
+    assert!(
+        count_lines(&n1.log_text(), &[pause[0], pause[1], &token_field]) > paused_before,
+        "the paused write carries n1's token {old_token}:\n{}",
+        n1.log_text()
+    );
+
+    // Another agent leads and writes the new revision's schedule.
+    let next = common::wait_for(WAIT, "a leader other than the frozen one", || {
+        leader(&s).filter(|l| l != "n1")
+    });
+    let rec = common::wait_for(WAIT, "the new leader's schedule with web/4", || {
         schedule(&s, "shop")
-            .filter(|v| v["leader"] == next.as_str() && v["services"]["solo"]["2"].is_string())
+            .filter(|v| v["leader"] == next.as_str() && v["services"]["web"]["4"].is_string())
     });
     let next_token = rec["fencing_token"].as_u64().unwrap();
-    assert!(next_token > frozen_token, "{rec}");
-    let written = format!("schedule written project=shop token={frozen_token}");
-    let written_before = by_node(&mut agents, &frozen)
-        .log_text()
-        .matches(&written)
-        .count();
-    by_node(&mut agents, &frozen).signal("CONT");
-    common::wait_for(WAIT, "the woken agent to know it no longer leads", || {
-        let st = by_node(&mut agents, &frozen).status()?;
-        (st["is_leader"] == false).then_some(())
+    assert!(next_token > old_token, "{rec}");
+    let new_placement = placement(&s, "shop");
+    for p in &placed {
+        assert!(new_placement.contains(p), "{p} moved: {new_placement:?}");
+    }
+
+    // Woken, n1 attempts the write it was paused in; the store rejects it.
+    n1.signal("CONT");
+    let rejected = ["schedule write rejected: fenced out", "project=shop"];
+    common::wait_for(WAIT, "n1 to log its write rejected", || {
+        (count_lines(&n1.log_text(), &[rejected[0], rejected[1], &token_field]) == 1).then_some(())
     });
-    let log = by_node(&mut agents, &frozen).log_text();
-    // Whichever it noticed first: a fenced write rejected, the lock's loss,
-    // or the session's (kv: "session lost: no successful renewal…").
-    assert!(
-        log.contains("no longer leader")
-            || log.contains("leadership lost")
-            || log.contains("session lost"),
-        "{log}"
-    );
-    // Its late writes (if any) were rejected: the record is the new
-    // leader's, and everything converges on it.
-    let all: Vec<&Agent> = agents.iter().collect();
+    let metric = common::wait_for(WAIT, "n1's /metrics", || n1.get("/metrics"))
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix("cntnr_schedule_writes_fenced_out_total "))
+        .map(str::to_string);
+    assert_eq!(metric.as_deref(), Some("1"), "the rejection is counted");
+    common::wait_for(WAIT, "n1 back as a follower", || {
+        let st = n1.status()?;
+        (st["ready"] == true && st["leader"] == next.as_str() && st["is_leader"] == false)
+            .then_some(())
+    });
+
+    // The schedule is the new leader's; everything runs where it says,
+    // nothing twice, nothing restarted.
     let fin = common::wait_for(WAIT, "convergence on the new leader's schedule", || {
-        converged(&s, &all, "shop").filter(|p| p.len() == 5)
+        converged(&s, &all, "shop").filter(|p| p.len() == 4)
     });
+    assert_eq!(fin, new_placement);
     let rec = schedule(&s, "shop").unwrap();
     assert_eq!(rec["leader"], next.as_str(), "{rec}");
-    assert!(
-        rec["fencing_token"].as_u64().unwrap() >= next_token,
-        "{rec}"
-    );
-    assert!(fin.iter().any(|p| p.starts_with("solo/2=")));
-    assert!(twice(&everywhere(&all)).is_empty());
-    let log = by_node(&mut agents, &frozen).log_text();
+    assert_eq!(rec["fencing_token"].as_u64(), Some(next_token), "{rec}");
+    let now = everywhere_n(&all, 4);
+    assert!(twice(&now).is_empty(), "{now:?}");
+    for (k, pid) in &pids {
+        assert_eq!(now.get(k), Some(pid), "{k:?} was not restarted");
+    }
+    let log = n1.log_text();
     assert_eq!(
         log.matches(&written).count(),
         written_before,
         "no write with the old token landed after waking:\n{log}"
     );
+    // The late write was really attempted: its rejection followed the
+    // pause (not a write skipped because the loss was noticed first).
+    let lines: Vec<&str> = log.lines().collect();
+    let pause_at = lines
+        .iter()
+        .rposition(|l| pause.iter().all(|w| l.contains(w)) && l.contains(&token_field))
+        .unwrap();
+    let reject_at = lines
+        .iter()
+        .position(|l| rejected.iter().all(|w| l.contains(w)))
+        .unwrap();
+    assert!(pause_at < reject_at, "{log}");
+    eprintln!("{kind:?}: {}", lines[reject_at]);
 }
 
 #[test]
-fn three_nodes_node_loss_failover_and_fencing_etcd() {
-    many_nodes(Kind::Etcd);
+fn frozen_leader_late_schedule_write_is_fenced_out_etcd() {
+    frozen_leader_late_schedule_write_is_fenced_out(Kind::Etcd);
 }
 
 #[test]
-fn three_nodes_node_loss_failover_and_fencing_consul() {
-    many_nodes(Kind::Consul);
+fn frozen_leader_late_schedule_write_is_fenced_out_consul() {
+    frozen_leader_late_schedule_write_is_fenced_out(Kind::Consul);
 }
 
 fn web_only(replicas: u32) -> String {

@@ -59,6 +59,7 @@ pub struct Metrics {
     containers_health: Family<HealthLabels, Gauge>,
     health_to_registry: Histogram,
     health_probes: Gauge,
+    schedule_fenced_out: Counter,
 }
 
 /// Labels naming a container health (`none`, `starting`, `healthy`,
@@ -162,8 +163,16 @@ impl Metrics {
             "Health probe rounds run since the agent started (all containers; read at scrape)",
             health_probes.clone(),
         );
+        let schedule_fenced_out = Counter::default();
+        registry.register(
+            "schedule_writes_fenced_out",
+            "Schedule writes of this agent as leader that the store rejected because its \
+             leadership had ended (a deposed or frozen leader's late write)",
+            schedule_fenced_out.clone(),
+        );
         Metrics {
             registry,
+            schedule_fenced_out,
             health_probes,
             containers_health,
             health_to_registry,
@@ -281,6 +290,11 @@ impl Metrics {
                 })
                 .set(n);
         }
+    }
+
+    /// Counts a schedule write rejected as fenced out.
+    pub fn schedule_fenced_out(&self) {
+        self.schedule_fenced_out.inc();
     }
 
     /// Records how long a health change took to reach the registry.

@@ -23,6 +23,12 @@
 //! leader follows `rebalance/` with a watch, places that project with no
 //! previous schedule (from scratch), writes it, and then deletes the
 //! request. A request outlives a leader change (the next leader lists it).
+//!
+//! Fault injection (tests only): [`FAULT_WRITE_DELAY`] makes the leader
+//! pause between computing a schedule and its fenced write, so a test can
+//! freeze it at the worst moment (as a GC pause or SIGSTOP would) and see
+//! the late write rejected. A rejected write is logged (`schedule write
+//! rejected: fenced out`) and counted (`cntnr_schedule_writes_fenced_out`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -40,6 +46,29 @@ use super::Shared;
 
 /// Passes are at least this far apart (a burst of changes is coalesced).
 const SETTLE: Duration = Duration::from_millis(50);
+
+/// Test-only environment variable: a duration (`5s`) the leader sleeps
+/// between computing each schedule and its fenced write, after logging
+/// `fault injection: pausing before the fenced schedule write`. The pause
+/// is not cancelled by a leadership loss: like a frozen process, the
+/// leader attempts the write when it wakes. Never set it in production.
+pub const FAULT_WRITE_DELAY: &str = "CNTNR_FAULT_SCHEDULE_WRITE_DELAY";
+
+/// [`FAULT_WRITE_DELAY`], if set to a valid duration (an invalid value is
+/// logged and ignored).
+fn fault_write_delay() -> Option<Duration> {
+    let v = std::env::var(FAULT_WRITE_DELAY).ok()?;
+    match cntnr_model::units::parse_duration(&v) {
+        Ok(d) => {
+            tracing::warn!(delay = ?d, "fault injection ({FAULT_WRITE_DELAY}): every schedule write pauses first; for tests only");
+            Some(d)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ignoring {FAULT_WRITE_DELAY}");
+            None
+        }
+    }
+}
 
 /// Places every project while `leadership` holds; returns `Ok` on cancel
 /// and an error when a fenced write is rejected (leadership is gone).
@@ -68,6 +97,7 @@ pub async fn run(
     let mut recheck: Option<tokio::time::Instant> = None;
     let mut rollout =
         super::rollout::Leader::start(store.clone(), shared.clone(), cancel.child_token());
+    let fault_delay = fault_write_delay();
     loop {
         // Wait for a change (the first pass runs once nodes are listed).
         tokio::select! {
@@ -138,6 +168,7 @@ pub async fn run(
             written: &mut written,
             rebalance: &mut rebalance,
             rollout: &mut rollout,
+            fault_delay,
         };
         match place_all(&store, &shared, leadership, state).await {
             Ok(at) => {
@@ -197,6 +228,8 @@ struct PlaceState<'a> {
     written: &'a mut BTreeMap<ProjectName, ScheduleRecord>,
     rebalance: &'a mut BTreeSet<ProjectName>,
     rollout: &'a mut super::rollout::Leader,
+    /// [`FAULT_WRITE_DELAY`].
+    fault_delay: Option<Duration>,
 }
 
 /// Sleeps until `at`, or forever.
@@ -307,6 +340,7 @@ async fn place_all(
         written,
         rebalance,
         rollout,
+        fault_delay,
     } = state;
     // Rebalance requests served by this pass (deleted after the writes).
     let mut served: Vec<ProjectName> = Vec::new();
@@ -413,13 +447,21 @@ async fn place_all(
     for (p, rec) in puts {
         let key = StoreKey::Schedule(p.clone()).render(&shared.prefix);
         let bytes = serde_json::to_vec(&rec).map_err(|e| PlaceError::Store(e.into()))?;
+        if let Some(d) = fault_delay {
+            // Not raced against cancellation: a frozen leader does not
+            // know it was frozen, and writes when it wakes.
+            tracing::warn!(project = %p, token = rec.fencing_token, delay = ?d, "fault injection: pausing before the fenced schedule write");
+            tokio::time::sleep(d).await;
+        }
         match store.put_fenced(&key, &bytes, leadership).await {
             Ok(_) => {
                 tracing::info!(project = %p, token = rec.fencing_token, "schedule written");
                 written.insert(p, rec);
             }
             Err(e @ cntnr_kv::Error::FencedOut { .. }) => {
-                return Err(PlaceError::Fenced(anyhow::anyhow!(e)))
+                shared.metrics.schedule_fenced_out();
+                tracing::warn!(project = %p, token = rec.fencing_token, error = %e, "schedule write rejected: fenced out");
+                return Err(PlaceError::Fenced(anyhow::anyhow!(e)));
             }
             Err(e) => return Err(PlaceError::Store(e.into())),
         }
