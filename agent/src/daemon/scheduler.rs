@@ -453,6 +453,8 @@ async fn place_all(
             tracing::warn!(project = %p, token = rec.fencing_token, delay = ?d, "fault injection: pausing before the fenced schedule write");
             tokio::time::sleep(d).await;
         }
+        // Whether the client already knew (then the store is not asked).
+        let known_lost = !leadership.is_held();
         match store.put_fenced(&key, &bytes, leadership).await {
             Ok(_) => {
                 tracing::info!(project = %p, token = rec.fencing_token, "schedule written");
@@ -460,7 +462,7 @@ async fn place_all(
             }
             Err(e @ cntnr_kv::Error::FencedOut { .. }) => {
                 shared.metrics.schedule_fenced_out();
-                tracing::warn!(project = %p, token = rec.fencing_token, error = %e, "schedule write rejected: fenced out");
+                tracing::warn!(project = %p, token = rec.fencing_token, session_known_lost = known_lost, error = %e, "schedule write rejected: fenced out");
                 return Err(PlaceError::Fenced(anyhow::anyhow!(e)));
             }
             Err(e) => return Err(PlaceError::Store(e.into())),
