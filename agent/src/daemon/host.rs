@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use cntnr_reconcile::bundle::{BundleConfig, Policy as BundlePolicy};
+/// Built with `bench-fake-runtime` (the fleet bench only): an in-memory
+/// runtime that runs nothing, under the same name.
+#[cfg(feature = "bench-fake-runtime")]
+pub(crate) use cntnr_reconcile::fake::FakeRuntime as Runc;
 use cntnr_reconcile::images::{ImageStore, StoreOptions};
 /// The container runtime the agent drives (one place to swap it).
+#[cfg(not(feature = "bench-fake-runtime"))]
 pub(crate) use cntnr_reconcile::runc::Runc;
 use cntnr_reconcile::runc::RuncConfig;
 
