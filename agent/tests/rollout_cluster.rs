@@ -1,30 +1,38 @@
-//! Rolling updates across a cluster (issue 9), judged by what Consul says:
-//! three real agents on one machine (each its own node name, state dir,
-//! runc root and HTTP port) against real Consul, four replicas of one
-//! registered service with a health check and `parallelism: 1`.
+//! Rolling updates across a cluster (issue 9), judged by what the registry
+//! says: three real agents on one machine (each its own node name, state
+//! dir, runc root and HTTP port) against real Consul, and real etcd, four
+//! replicas of one registered service with a health check and
+//! `parallelism: 1`.
 //!
-//! - a good update: at every moment at least 3 replicas are passing in
-//!   Consul, and all 4 end passing on the new config hash;
+//! - a good update: at every moment at least 3 replicas are passing, and
+//!   all 4 end passing on the new config hash;
 //! - an update whose health check fails, with `failure_action: rollback`:
 //!   the service returns to the old hash, at least 3 replicas passing
 //!   throughout, and no replica that was never advanced is restarted.
 //!
-//! "At every moment" is sampled by a thread following
-//! `/v1/health/service/<name>?passing` with blocking queries for the whole
-//! update: Consul answers each change of the service's health index, so
-//! the only states not seen are ones that lasted less than one request's
-//! round trip.
+//! "At every moment" is sampled by a thread for the whole update, read
+//! without cntnr:
+//! - Consul: `/v1/health/service/<name>?passing` with blocking queries.
+//!   Consul answers each change of the service's health index, so the only
+//!   states not seen are ones that lasted less than one request's round
+//!   trip.
+//! - etcd: `etcdctl watch` of the `services/<name>/` records from the
+//!   revision of a first listing: every revision is seen. A record passes
+//!   when its status is passing and it was refreshed within its check TTL
+//!   (the registry's rule), judged at each revision and every 100 ms.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cntnr_e2e::shared_consul;
+use base64::Engine as _;
+use cntnr_e2e::{shared_consul, shared_etcd};
 use common::{deploy, status_record, text, Agent, Kind, TestStore};
 use serde_json::Value;
 
@@ -75,7 +83,7 @@ fn passing_of(body: &str) -> BTreeMap<String, String> {
 }
 
 /// What Consul says now: the passing instances of `name`.
-fn passing(name: &str) -> BTreeMap<String, String> {
+fn consul_passing(name: &str) -> BTreeMap<String, String> {
     consul_get(
         &format!("/v1/health/service/{name}?passing"),
         Duration::from_secs(10),
@@ -84,47 +92,136 @@ fn passing(name: &str) -> BTreeMap<String, String> {
     .unwrap_or_default()
 }
 
-/// Follows `/v1/health/service/<name>?passing` with blocking queries on a
-/// thread, from its start until [`Sampler::finish`], keeping every answer.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The etcd registry's records of one name: key → record.
+type Records = BTreeMap<String, Value>;
+
+/// The passing ones among `records` at `now` (status passing, refreshed
+/// within its check TTL): instance id → config hash.
+fn passing_records(records: &Records, now: u64) -> BTreeMap<String, String> {
+    records
+        .values()
+        .filter(|r| {
+            r["status"] == "passing"
+                && now <= r["updated_ms"].as_u64().unwrap() + r["check_ttl_ms"].as_u64().unwrap()
+        })
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["meta"]["config_hash"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn b64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or(""))
+        .expect("etcdctl prints base64")
+}
+
+/// `etcdctl get --prefix DIR -w json`: the records and the revision.
+fn etcd_list(dir: &str) -> (Records, u64) {
+    let out = shared_etcd().etcdctl(&["get", "--prefix", dir, "-w", "json"]);
+    assert!(out.status.success(), "etcdctl get: {out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("etcdctl JSON");
+    let records = v["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|kv| {
+            (
+                text(&b64(&kv["key"])),
+                serde_json::from_slice(&b64(&kv["value"])).expect("record JSON"),
+            )
+        })
+        .collect();
+    (records, v["header"]["revision"].as_u64().unwrap())
+}
+
+/// The registry's prefix of `name`'s records.
+fn records_dir(s: &TestStore, name: &str) -> String {
+    s.key(&format!("services/{name}/"))
+}
+
+/// What the registry says now: the passing instances of `name` (instance
+/// id → the `config_hash` in its meta).
+fn passing(s: &TestStore, name: &str) -> BTreeMap<String, String> {
+    match s.kind {
+        Kind::Consul => consul_passing(name),
+        Kind::Etcd => passing_records(&etcd_list(&records_dir(s, name)).0, now_ms()),
+        Kind::Dir => unreachable!("one node only"),
+    }
+}
+
+/// Follows the passing instances of a name on a thread, from its start
+/// until [`Sampler::finish`], keeping every state seen.
 struct Sampler {
     seen: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// `etcdctl watch`, on etcd.
+    watch: Option<Child>,
 }
 
 impl Sampler {
-    fn start(name: &str) -> Sampler {
+    fn start(s: &TestStore, name: &str) -> Sampler {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2, name) = (seen.clone(), stop.clone(), name.to_string());
-        let thread = std::thread::spawn(move || {
-            let mut index = 0;
-            while !stop2.load(Ordering::SeqCst) {
-                let path = format!("/v1/health/service/{name}?passing&index={index}&wait=1s");
-                match consul_get(&path, Duration::from_secs(10)) {
-                    Some((i, body)) => {
-                        // Consul's documented rule: an index that goes
-                        // backwards (or 0) restarts from 0.
-                        index = if i < index { 0 } else { i };
-                        seen2.lock().unwrap().push(passing_of(&body));
-                    }
-                    None => std::thread::sleep(Duration::from_millis(20)),
-                }
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let mut watch = None;
+        let thread = match s.kind {
+            Kind::Consul => {
+                let name = name.to_string();
+                std::thread::spawn(move || consul_follow(&name, &seen2, &stop2))
             }
-        });
-        // The first answer (index 0) comes at once: the state at the start.
-        let s = Sampler {
+            Kind::Etcd => {
+                let dir = records_dir(s, name);
+                let (records, rev) = etcd_list(&dir);
+                let mut child = Command::new(cntnr_e2e::dep_bin("etcdctl"))
+                    .arg(format!("--endpoints={}", shared_etcd().url()))
+                    .args(["watch", "--prefix", &dir, "-w", "json"])
+                    .arg(format!("--rev={}", rev + 1))
+                    .env_remove("ETCDCTL_ENDPOINTS")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn etcdctl watch");
+                let out = child.stdout.take().unwrap();
+                watch = Some(child);
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    for line in std::io::BufReader::new(out).lines() {
+                        let Ok(line) = line else { return };
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                });
+                std::thread::spawn(move || etcd_follow(records, &rx, &seen2, &stop2))
+            }
+            Kind::Dir => unreachable!("one node only"),
+        };
+        let sampler = Sampler {
             seen,
             stop,
             thread: Some(thread),
+            watch,
         };
-        common::wait_for(WAIT, "the sampler's first answer", || {
-            (!s.seen.lock().unwrap().is_empty()).then_some(())
+        common::wait_for(WAIT, "the sampler's first state", || {
+            (!sampler.seen.lock().unwrap().is_empty()).then_some(())
         });
-        s
+        sampler
     }
 
-    /// Stops following; every answer seen, in order.
+    /// Stops following; every state seen, in order.
     fn finish(mut self) -> Vec<BTreeMap<String, String>> {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -137,6 +234,79 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(mut c) = self.watch.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Blocking queries on `/v1/health/service/<name>?passing`: one state per
+/// answer (the first, index 0, comes at once: the state at the start).
+fn consul_follow(name: &str, seen: &Mutex<Vec<BTreeMap<String, String>>>, stop: &AtomicBool) {
+    let mut index = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let path = format!("/v1/health/service/{name}?passing&index={index}&wait=1s");
+        match consul_get(&path, Duration::from_secs(10)) {
+            Some((i, body)) => {
+                // Consul's documented rule: an index that goes backwards
+                // restarts from 0.
+                index = if i < index { 0 } else { i };
+                seen.lock().unwrap().push(passing_of(&body));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Applies `etcdctl watch -w json` answers to `records`, one state per
+/// revision, and one every 100 ms without news (a record can stop passing
+/// when its TTL lapses, with no write).
+fn etcd_follow(
+    mut records: Records,
+    lines: &mpsc::Receiver<String>,
+    seen: &Mutex<Vec<BTreeMap<String, String>>>,
+    stop: &AtomicBool,
+) {
+    seen.lock()
+        .unwrap()
+        .push(passing_records(&records, now_ms()));
+    while !stop.load(Ordering::SeqCst) {
+        let line = match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                seen.lock()
+                    .unwrap()
+                    .push(passing_records(&records, now_ms()));
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("etcdctl watch ended"),
+        };
+        let v: Value = serde_json::from_str(&line).expect("etcdctl watch JSON");
+        let mut rev = None;
+        for ev in v["Events"].as_array().into_iter().flatten() {
+            let kv = &ev["kv"];
+            let r = kv["mod_revision"].as_u64();
+            // One state per revision (a response may carry several).
+            if rev.is_some() && rev != r {
+                seen.lock()
+                    .unwrap()
+                    .push(passing_records(&records, now_ms()));
+            }
+            rev = r;
+            let key = text(&b64(&kv["key"]));
+            if ev["type"] == 1 || ev["type"] == "DELETE" {
+                records.remove(&key);
+            } else {
+                records.insert(
+                    key,
+                    serde_json::from_slice(&b64(&kv["value"])).expect("record JSON"),
+                );
+            }
+        }
+        seen.lock()
+            .unwrap()
+            .push(passing_records(&records, now_ms()));
     }
 }
 
@@ -212,7 +382,7 @@ fn settled(
         if !sched["healthy_spec"].is_string() || !rollout_done {
             return None;
         }
-        let now = passing(name);
+        let now = passing(s, name);
         let hashes: BTreeSet<&String> = now.values().collect();
         if now.len() != REPLICAS || hashes.len() != 1 {
             return None;
@@ -248,8 +418,8 @@ fn assert_three_passing_throughout(
     let (min, at) = fewest(samples);
     assert!(
         min >= REPLICAS - 1,
-        "{what}: at least {} replicas passing in Consul at every moment; saw {min} in answer \
-         {at:?} (of {} answers)",
+        "{what}: at least {} replicas passing in the registry at every moment; saw {min} in state \
+         {at:?} (of {} states)",
         REPLICAS - 1,
         samples.len()
     );
@@ -257,11 +427,11 @@ fn assert_three_passing_throughout(
     // (stop-first), and the sampler saw it.
     assert!(
         samples.iter().any(|s| s.len() < REPLICAS),
-        "{what}: the sampler never saw a replica out of passing ({} answers)",
+        "{what}: the sampler never saw a replica out of passing ({} states)",
         samples.len()
     );
     eprintln!(
-        "{what}: {} answers from Consul, fewest passing {min}",
+        "{what}: {} states sampled, fewest passing {min}",
         samples.len()
     );
     let seen: BTreeSet<&str> = samples
@@ -273,13 +443,14 @@ fn assert_three_passing_throughout(
     }
 }
 
-#[test]
-fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing_version() {
-    let s = TestStore::new(Kind::Consul, "rc");
+fn rolling_update_keeps_three_of_four_passing_and_rolls_back_a_failing_version(kind: Kind) {
+    let s = TestStore::new(kind, "rc");
     // Consul service ids are `<node>/<container>` per Consul agent, and
     // every test shares one: node and service names unique to this test.
     let base = s.prefix.replace('-', "");
     let name = format!("web{base}");
+    // Consul's floor; a short one elsewhere.
+    let ttl = if kind == Kind::Consul { "10s" } else { "3s" };
     let agents: Vec<Agent> = ["a", "b", "c"]
         .iter()
         .map(|n| {
@@ -290,7 +461,7 @@ fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing
                     "--address",
                     "127.0.0.1",
                     "--session-ttl",
-                    "10s",
+                    ttl,
                 ],
                 &[],
             )
@@ -308,12 +479,12 @@ fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing
     assert_eq!(nodes.len(), 3, "{nodes:?}");
 
     // 1. A good update, one replica at a time.
-    let sampler = Sampler::start(&name);
+    let sampler = Sampler::start(&s, &name);
     deploy(&s, p, &web(&name, 2, true));
     let mut seen_rollout = false;
     let h2 = common::wait_for(WAIT, "all four passing on the new hash", || {
         seen_rollout |= schedule(&s, p)["rollouts"]["web"].is_object();
-        let now = passing(&name);
+        let now = passing(&s, &name);
         (now.len() == REPLICAS && now.values().all(|h| *h != h1))
             .then(|| now.values().next().unwrap().clone())
     });
@@ -322,7 +493,7 @@ fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing
     assert_eq!(done, h2);
     assert_ne!(h2, h1);
     assert!(seen_rollout, "the schedule carried the rollout");
-    assert_three_passing_throughout("good update", &samples, [&h1, &h2]);
+    assert_three_passing_throughout(&format!("{kind:?}: good update"), &samples, [&h1, &h2]);
     let last = samples.last().unwrap();
     assert_eq!(last.len(), REPLICAS, "{last:?}");
     assert!(last.values().all(|h| *h == h2), "{last:?}");
@@ -331,7 +502,7 @@ fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing
     //    to h2, never fewer than 3 passing; replicas never advanced keep
     //    their container (same init pid).
     let before = pids(&agents);
-    let sampler = Sampler::start(&name);
+    let sampler = Sampler::start(&s, &name);
     deploy(&s, p, &web(&name, 3, false));
     let mut h3 = None;
     common::wait_for(WAIT, "the rollout rolled back", || {
@@ -347,7 +518,7 @@ fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing
     let h3 = h3.expect("the schedule named the new hash while rolling");
     assert_ne!(h3, h2);
     // The failing version never passed, so only h2 was ever passing.
-    assert_three_passing_throughout("failing update", &samples, [&h2, &h2]);
+    assert_three_passing_throughout(&format!("{kind:?}: failing update"), &samples, [&h2, &h2]);
     let last = samples.last().unwrap();
     assert_eq!(last.len(), REPLICAS, "{last:?}");
     assert!(last.values().all(|h| *h == h2), "{last:?}");
@@ -367,11 +538,24 @@ fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     common::wait_for(WAIT, "containers removed and entries gone", || {
         let none_left = agents.iter().all(|a| a.runc_list().is_empty());
-        let entries = consul_get(
-            &format!("/v1/health/service/{name}"),
-            Duration::from_secs(10),
-        )
-        .map(|(_, b)| passing_of(&b).len());
+        let entries = match kind {
+            Kind::Consul => consul_get(
+                &format!("/v1/health/service/{name}"),
+                Duration::from_secs(10),
+            )
+            .map(|(_, b)| passing_of(&b).len()),
+            _ => Some(etcd_list(&records_dir(&s, &name)).0.len()),
+        };
         (none_left && entries == Some(0)).then_some(())
     });
+}
+
+#[test]
+fn rolling_update_keeps_three_of_four_passing_in_consul_and_rolls_back_a_failing_version() {
+    rolling_update_keeps_three_of_four_passing_and_rolls_back_a_failing_version(Kind::Consul);
+}
+
+#[test]
+fn rolling_update_keeps_three_of_four_passing_in_etcd_and_rolls_back_a_failing_version() {
+    rolling_update_keeps_three_of_four_passing_and_rolls_back_a_failing_version(Kind::Etcd);
 }
