@@ -6,9 +6,11 @@
 //! the previous result. Sessions have behavior `delete` so bound keys vanish
 //! with them; locks are KV `acquire`/`release`; the fencing token is the
 //! lock key's `ModifyIndex` at acquire, checked with `check-session` +
-//! `check-index` in the fenced write's txn. The registry is the local
-//! agent's service/check API (`/v1/agent/services` lists what it holds)
-//! and `/v1/health/service`.
+//! `check-index` in the fenced write's (and fenced delete's) txn. The
+//! registry is the local agent's service/check API (`/v1/agent/services`
+//! lists what it holds) and `/v1/health/service`; an instance another node
+//! holds in the catalog (a dead host's) is deregistered through
+//! `/v1/catalog/deregister`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -337,6 +339,27 @@ pub struct ConsulStore {
     c: ConsulClient,
     wait: Duration,
     lock_delay: Duration,
+    /// The local agent's node name (`/v1/agent/self` → `Config.NodeName`),
+    /// read once when first needed.
+    local_node: Arc<tokio::sync::OnceCell<String>>,
+}
+
+/// What [`ConsulStore::deregister_instance`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deregistered {
+    /// The local agent removed the instance from its own services (it was
+    /// there: a 404 from the agent leaves this false).
+    pub local: bool,
+    /// Other nodes whose catalog entry of the instance was removed through
+    /// `/v1/catalog/deregister`.
+    pub catalog_nodes: Vec<String>,
+}
+
+impl Deregistered {
+    /// Whether anything was removed (false: the instance was nowhere).
+    pub fn removed(&self) -> bool {
+        self.local || !self.catalog_nodes.is_empty()
+    }
 }
 
 impl ConsulStore {
@@ -372,6 +395,7 @@ impl ConsulStore {
             c,
             wait: opts.consul_wait,
             lock_delay: opts.consul_lock_delay,
+            local_node: Arc::default(),
         })
     }
 
@@ -547,6 +571,112 @@ impl ConsulStore {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((out, index))
+    }
+
+    /// The local agent's node name (`/v1/agent/self` → `Config.NodeName`),
+    /// cached after the first successful read.
+    pub async fn local_node(&self) -> Result<&str> {
+        let name = self
+            .local_node
+            .get_or_try_init(|| async {
+                let op = "reading the local agent's node name";
+                let resp = self
+                    .c
+                    .send(op, self.c.req(Method::GET, "/v1/agent/self"), &[])
+                    .await?;
+                let v: serde_json::Value = ConsulClient::json(op, resp).await?;
+                match v["Config"]["NodeName"].as_str() {
+                    Some(n) if !n.is_empty() => Ok(n.to_string()),
+                    _ => Err(Error::Decode {
+                        what: op.into(),
+                        message: "no Config.NodeName in /v1/agent/self".into(),
+                    }),
+                }
+            })
+            .await?;
+        Ok(name)
+    }
+
+    /// Removes instance `id` of service `name` wherever the catalog has it
+    /// and says what was removed. When the local agent holds it
+    /// (`/v1/agent/service/<id>`), through the agent API, so the agent's own
+    /// state forgets it too (and the catalog follows); on any other node of
+    /// the catalog (`/v1/catalog/service/<name>`) through
+    /// `/v1/catalog/deregister` (the instance and its checks), as that
+    /// node's agent is presumed gone — a live agent would put it back with
+    /// its next anti-entropy sync. Idempotent: an instance found nowhere
+    /// gives an empty [`Deregistered`].
+    pub async fn deregister_instance(&self, name: &str, id: &str) -> Result<Deregistered> {
+        #[derive(Deserialize)]
+        struct CatalogService {
+            #[serde(rename = "Node")]
+            node: String,
+            #[serde(rename = "ServiceID")]
+            service_id: String,
+        }
+        let op = format!("deregistering {name}/{id}");
+        let local = self.local_node().await?.to_string();
+        let resp = self
+            .c
+            .send(
+                &op,
+                self.c.req(
+                    Method::GET,
+                    &format!("/v1/catalog/service/{}", enc_path(name)),
+                ),
+                &[],
+            )
+            .await?;
+        let listed: Vec<CatalogService> = ConsulClient::json(&op, resp).await?;
+        let nodes: BTreeSet<String> = listed
+            .into_iter()
+            .filter(|s| s.service_id == id)
+            .map(|s| s.node)
+            .collect();
+        let mut done = Deregistered::default();
+        for node in nodes.iter().filter(|n| **n != local) {
+            let body = json!({"Node": node, "ServiceID": id});
+            self.c
+                .send(
+                    &format!("{op} from the catalog of node {node}"),
+                    self.c
+                        .req(Method::PUT, "/v1/catalog/deregister")
+                        .json(&body),
+                    &[],
+                )
+                .await?;
+            done.catalog_nodes.push(node.clone());
+        }
+        // The local agent's own state decides for the local node (its
+        // anti-entropy makes the catalog follow). Consul 1.8 answers 200 to
+        // deregistering an id it does not hold (later versions 404), so ask
+        // first rather than claim a removal that did not happen.
+        let held = self
+            .c
+            .send(
+                &op,
+                self.c
+                    .req(Method::GET, &format!("/v1/agent/service/{}", enc_path(id))),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await?
+            .status()
+            != StatusCode::NOT_FOUND;
+        if held {
+            let resp = self
+                .c
+                .send(
+                    &op,
+                    self.c.req(
+                        Method::PUT,
+                        &format!("/v1/agent/service/deregister/{}", enc_path(id)),
+                    ),
+                    &[StatusCode::NOT_FOUND],
+                )
+                .await?;
+            done.local = resp.status() != StatusCode::NOT_FOUND;
+        }
+        Ok(done)
     }
 
     async fn try_acquire(&self, session: &Session, key: &str, value: &[u8]) -> Result<bool> {
@@ -822,6 +952,30 @@ impl Store for ConsulStore {
         }
     }
 
+    async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()> {
+        check_key(key)?;
+        let fenced = || Error::FencedOut {
+            key: key.into(),
+            lock: fence.key.clone(),
+            token: fence.token,
+        };
+        if !fence.is_held() {
+            return Err(fenced());
+        }
+        let op = format!("fenced delete of {key}");
+        // The checks of put_fenced, then the `delete` verb (a no-op for an
+        // absent key), all in one atomic txn.
+        let ops = json!([
+            {"KV": {"Verb": "check-session", "Key": fence.key, "Session": fence.session_id}},
+            {"KV": {"Verb": "check-index", "Key": fence.key, "Index": fence.token}},
+            {"KV": {"Verb": "delete", "Key": key}},
+        ]);
+        match self.c.txn(&op, ops).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(fenced()),
+        }
+    }
+
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {
         self.register_with_status(session, reg, Health::Passing)
             .await
@@ -887,17 +1041,11 @@ impl Store for ConsulStore {
     }
 
     async fn deregister(&self, name: &str, id: &str) -> Result<()> {
-        let op = format!("deregistering {name}/{id}");
-        self.c
-            .send(
-                &op,
-                self.c.req(
-                    Method::PUT,
-                    &format!("/v1/agent/service/deregister/{}", enc_path(id)),
-                ),
-                &[StatusCode::NOT_FOUND],
-            )
-            .await?;
+        let done = self.deregister_instance(name, id).await?;
+        if !done.removed() {
+            tracing::debug!(service = %name, instance = %id,
+                "deregistering: no such instance on the local agent or in the catalog");
+        }
         Ok(())
     }
 

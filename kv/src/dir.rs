@@ -936,6 +936,36 @@ impl Store for DirStore {
         r.ok_or_else(fenced)
     }
 
+    async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()> {
+        check_dir_key(key)?;
+        let fenced = || Error::FencedOut {
+            key: key.into(),
+            lock: fence.key.clone(),
+            token: fence.token,
+        };
+        if !fence.is_held() || !Self::guard_held(fence) {
+            return Err(fenced());
+        }
+        let (k, lock, token) = (key.to_string(), fence.key.clone(), fence.token);
+        // The same check as put_fenced, under the writer lock, so no write
+        // of the lock file can slip between the check and the delete.
+        let deleted = self
+            .blocking(move |i| {
+                let _held = i.lock()?;
+                if i.read(&lock)?.is_none_or(|e| e.version != token) {
+                    return Ok(false);
+                }
+                i.remove(&k)?;
+                Ok(true)
+            })
+            .await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(fenced())
+        }
+    }
+
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {
         registry::register_record(self, &self.inner.registry_prefix, session, reg).await
     }

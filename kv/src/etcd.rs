@@ -718,6 +718,31 @@ impl Store for EtcdStore {
         Ok(resp.header().map(|h| h.revision() as u64).unwrap_or(0))
     }
 
+    async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()> {
+        check_key(key)?;
+        let fenced = || Error::FencedOut {
+            key: key.into(),
+            lock: fence.key.clone(),
+            token: fence.token,
+        };
+        if !fence.is_held() {
+            return Err(fenced());
+        }
+        // Same compare as put_fenced; deleting an absent key succeeds.
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                fence.key.as_str(),
+                CompareOp::Equal,
+                fence.token as i64,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self.txn(&format!("fenced delete of {key}"), txn).await?;
+        if !resp.succeeded() {
+            return Err(fenced());
+        }
+        Ok(())
+    }
+
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {
         registry::register_record(self, &self.registry_prefix, session, reg).await
     }

@@ -307,6 +307,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Safe to repeat.
     async fn put_fenced(&self, key: &str, value: &[u8], fence: &Leadership) -> Result<Version>;
 
+    /// Deletes `key` only while `fence` still holds, checked by the server
+    /// in the same atomic step as the delete, exactly as for
+    /// [`Store::put_fenced`] (etcd: txn comparing the lock key's
+    /// create-revision with the token; Consul: txn `check-session` +
+    /// `check-index` on the lock key, then `delete`; dir: flock held and the
+    /// lock file's version equals the token, under the writer lock). An
+    /// absent key is fine while the fence holds. Fails with `FencedOut`
+    /// otherwise, and then the key is left as it was. Safe to repeat.
+    async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()>;
+
     /// Registers (or re-registers) a service instance with status passing.
     /// Idempotent. Consul: local agent, `session` unused (the agent owns
     /// the instance; `deregister_after` cleans it up). etcd/dir: a JSON
@@ -343,7 +353,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         output: &str,
     ) -> Result<()>;
 
-    /// Removes a service instance. Idempotent.
+    /// Removes a service instance. Idempotent: an instance that is not
+    /// there is fine. Consul: through the local agent's API when the
+    /// instance is on the local agent's node (or in no node's catalog), and
+    /// through the catalog (`/v1/catalog/deregister`) when another node
+    /// holds it — the entry of a host whose Consul agent died with it, which
+    /// no agent would otherwise remove until Consul reaps the node.
+    /// etcd/dir: deletes the record.
     async fn deregister(&self, name: &str, id: &str) -> Result<()>;
 
     /// Lists the instances of `name` (Consul: `/v1/health/service`), only
@@ -356,8 +372,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// restarts after a project was removed). Idempotent; filter the
     /// instances (`instances(name, false)`) by id and meta before touching
     /// any. Consul: the services registered with the local agent
-    /// (`/v1/agent/services`), which is all `deregister` can reach, not the
-    /// whole catalog. etcd/dir: every `<name>` with an instance record
+    /// (`/v1/agent/services`), not the whole catalog (`deregister` reaches
+    /// other nodes' entries too, given their name). etcd/dir: every `<name>` with an instance record
     /// under the registry prefix.
     async fn service_names(&self) -> Result<BTreeSet<String>>;
 

@@ -157,6 +157,56 @@ async fn fenced_write_rejected_by_server(store: DynStore, prefix: &str) {
     sb.close().await.unwrap();
 }
 
+/// Fenced deletes are checked by the server too: the lock key deleted
+/// behind the leader's back and taken by another, the old leader's fenced
+/// delete fails (its session is alive) and the key stays; the new leader's
+/// goes through.
+async fn fenced_delete_rejected_by_server(store: DynStore, prefix: &str) {
+    let lock = format!("{prefix}/leader");
+    let target = format!("{prefix}/schedule/gone-project");
+    let sa = store.create_session(Duration::from_secs(10)).await.unwrap();
+    let sb = store.create_session(Duration::from_secs(10)).await.unwrap();
+    let a = store.campaign(&sa, &lock, b"a").await.unwrap();
+    store.put(&target, b"s1").await.unwrap();
+    store.delete_fenced(&target, &a).await.unwrap();
+    assert!(store.get(&target).await.unwrap().is_none());
+    store.put(&target, b"s2").await.unwrap();
+    store.delete(&lock).await.unwrap();
+    let b = timeout(Duration::from_secs(10), store.campaign(&sb, &lock, b"b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        a.is_held(),
+        "a's session is alive; only the server can tell"
+    );
+    assert!(matches!(
+        store.delete_fenced(&target, &a).await,
+        Err(Error::FencedOut { .. })
+    ));
+    assert_eq!(store.get(&target).await.unwrap().unwrap().value, b"s2");
+    store.delete_fenced(&target, &b).await.unwrap();
+    assert!(store.get(&target).await.unwrap().is_none());
+    sa.close().await.unwrap();
+    sb.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_fenced_delete_rejected_by_server() {
+    let url = tokio::task::spawn_blocking(|| shared_etcd().store_url())
+        .await
+        .unwrap();
+    fenced_delete_rejected_by_server(open(&url, &opts()).await.unwrap(), "fdel-etcd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_fenced_delete_rejected_by_server() {
+    let url = tokio::task::spawn_blocking(|| shared_consul().store_url())
+        .await
+        .unwrap();
+    fenced_delete_rejected_by_server(open(&url, &opts()).await.unwrap(), "fdel-consul").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_fenced_write_rejected_by_server() {
     let url = tokio::task::spawn_blocking(|| shared_etcd().store_url())

@@ -600,6 +600,72 @@ async fn two_contenders_one_holder_and_deposed_write_fenced(b: Backend) {
     assert!(e.store.holder(&lock).await.unwrap().is_none());
 }
 
+/// Fenced deletes (the leader's clean-up, issue 9): the holder deletes, an
+/// absent key included; a deposed holder's delete is rejected and the key
+/// stays, while the new holder's goes through; and once the lock key is
+/// released behind the holder's back (what a resign does), its delete is
+/// rejected too although it still believes it leads.
+async fn fenced_delete_by_the_holder_only(b: Backend) {
+    let e = env(b, "fdel").await;
+    let lock = format!("{}leader", e.prefix);
+    let req = format!("{}rebalance/shop", e.prefix);
+    let sa = e.store.create_session(ttl(b)).await.unwrap();
+    let sb = e.store.create_session(ttl(b)).await.unwrap();
+    let a = e.store.campaign(&sa, &lock, b"a").await.unwrap();
+
+    e.store.put(&req, b"one").await.unwrap();
+    e.store.delete_fenced(&req, &a).await.unwrap();
+    assert!(e.store.get(&req).await.unwrap().is_none());
+    e.store.delete_fenced(&req, &a).await.unwrap(); // absent: fine
+    e.store
+        .delete_fenced(&format!("{}never-written", e.prefix), &a)
+        .await
+        .unwrap();
+
+    // Deposed: b takes over; a's late delete is rejected, the key stays.
+    e.store.put(&req, b"two").await.unwrap();
+    let sb = Arc::new(sb);
+    let contender = {
+        let (s, sb, lock) = (e.store.clone(), sb.clone(), lock.clone());
+        tokio::spawn(async move { s.campaign(&sb, &lock, b"b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!contender.is_finished(), "b got the lock while a holds it");
+    depose(&e, &sa).await;
+    let bl = timeout(ttl(b) * 3 + Duration::from_secs(5), contender)
+        .await
+        .expect("b takes over")
+        .unwrap()
+        .unwrap();
+    match e.store.delete_fenced(&req, &a).await {
+        Err(Error::FencedOut {
+            key,
+            lock: fence,
+            token,
+        }) => assert_eq!(
+            (key.as_str(), fence.as_str(), token),
+            (req.as_str(), lock.as_str(), a.token)
+        ),
+        other => panic!("deposed delete: {other:?}"),
+    }
+    assert_eq!(e.store.get(&req).await.unwrap().unwrap().value, b"two");
+    e.store.delete_fenced(&req, &bl).await.unwrap();
+    assert!(e.store.get(&req).await.unwrap().is_none());
+
+    // The lock key released behind b's back: b still holds its session,
+    // only the store can tell, and it refuses.
+    e.store.put(&req, b"three").await.unwrap();
+    e.store.delete(&lock).await.unwrap();
+    assert!(bl.is_held(), "b's session is alive");
+    match e.store.delete_fenced(&req, &bl).await {
+        Err(Error::FencedOut { token, .. }) => assert_eq!(token, bl.token),
+        other => panic!("delete after the lock was released: {other:?}"),
+    }
+    assert_eq!(e.store.get(&req).await.unwrap().unwrap().value, b"three");
+    e.store.resign(bl).await.unwrap();
+    sb.close().await.unwrap();
+}
+
 /// Registry: an instance registered with a status is never seen otherwise
 /// (a starting container is critical from its first appearance, not
 /// briefly passing): the first state a service watch reports is that status.
@@ -849,6 +915,7 @@ contract!(
     session_expiry_removes_bound_keys_and_notifies_holder,
     session_close_revokes_now,
     two_contenders_one_holder_and_deposed_write_fenced,
+    fenced_delete_by_the_holder_only,
     registry_register_ttl_check_and_deregister,
     registry_register_with_status_is_never_seen_passing_first,
     registry_service_names_list_every_registered_name,
