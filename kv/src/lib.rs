@@ -39,7 +39,7 @@
 //! A [`Session`] is kept alive in the background and declared lost at once
 //! when the server says so or a whole TTL passes without a successful
 //! renewal. [`Store::campaign`] returns a [`Leadership`] whose `token`
-//! fences [`Store::put_fenced`] on the server (etcd txn on the lock key's
+//! fences [`Store::put_fenced`] and [`Store::delete_fenced`] on the server (etcd txn on the lock key's
 //! create-revision; Consul txn `check-session` + `check-index`; dir flock +
 //! lock-file version under the writer lock).
 

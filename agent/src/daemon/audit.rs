@@ -17,10 +17,12 @@
 //! be listed by name. The pure part ([`due`]) is table-tested; the IO part
 //! runs once per placement pass and returns when it must run again.
 //!
-//! Consul caveat: entries live in the catalog of the Consul agent that
-//! registered them, and deregistering goes through the agent API of the
-//! Consul agent the leader talks to; an entry owned by another host's
-//! Consul agent is left to that agent's `DeregisterCriticalServiceAfter`.
+//! Consul: an entry of this host's Consul agent is deregistered through
+//! the agent API; one held by another Consul node (a dead host's agent,
+//! whose own `DeregisterCriticalServiceAfter` reaper died with it) through
+//! `/v1/catalog/deregister` (`cntnr_kv` `ConsulStore::deregister_instance`).
+//! If that other Consul agent is still alive, its anti-entropy sync puts
+//! the (failing) entry back until its own reaper removes it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
