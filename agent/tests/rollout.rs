@@ -283,3 +283,8 @@ fn start_first_keeps_capacity_with_a_surge_replica(kind: Kind) {
 fn start_first_keeps_capacity_with_a_surge_replica_etcd() {
     start_first_keeps_capacity_with_a_surge_replica(Kind::Etcd);
 }
+
+#[test]
+fn start_first_keeps_capacity_with_a_surge_replica_consul() {
+    start_first_keeps_capacity_with_a_surge_replica(Kind::Consul);
+}

@@ -67,7 +67,8 @@ pub struct ScheduleRecord {
 
 impl ScheduleRecord {
     /// The replicas of every service assigned to `node`, with the surge
-    /// replicas of `start-first` rollouts placed there.
+    /// replicas of `start-first` rollouts placed there (but not those that
+    /// failed: their container goes).
     pub fn replicas_on(&self, node: &NodeName) -> Vec<(ServiceName, Replica)> {
         let mut v: Vec<(ServiceName, Replica)> = self
             .services
@@ -81,7 +82,8 @@ impl ScheduleRecord {
         for (s, ro) in &self.rollouts {
             let placed = self.services.get(s);
             for (r, surge) in &ro.surge {
-                if surge.node == *node && placed.is_none_or(|p| !p.contains_key(r)) {
+                let failed = matches!(surge.step, crate::rollout::Step::Failed { .. });
+                if surge.node == *node && !failed && placed.is_none_or(|p| !p.contains_key(r)) {
                     v.push((s.clone(), *r));
                 }
             }
@@ -361,7 +363,21 @@ mod tests {
                     phase: Phase::Updating,
                     replicas: BTreeMap::new(),
                     reason: None,
-                    surge: [(3, surge(&n2)), (4, surge(&n1))].into(),
+                    surge: [
+                        (3, surge(&n2)),
+                        (4, surge(&n1)),
+                        (
+                            5,
+                            Surge {
+                                step: Step::Failed {
+                                    at: 2,
+                                    reason: "unhealthy".into(),
+                                },
+                                ..surge(&n1)
+                            },
+                        ),
+                    ]
+                    .into(),
                     fallback: None,
                 },
             )]

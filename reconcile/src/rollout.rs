@@ -650,7 +650,7 @@ impl Internal for ServiceRollout {
                     Err(e) => e.clone(),
                     Ok(_) => "no node can take a surge replica".to_string(),
                 };
-                let why = format!("start-first needs a surge replica: {why}; updating stop-first");
+                let why = format!("start-first needs a surge replica: {why}; running stop-first");
                 self.fallback = Some(why.clone());
                 adv.fell_back = Some(why);
             } else {

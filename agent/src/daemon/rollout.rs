@@ -269,12 +269,21 @@ impl Leader {
                 check_ms: check_ms(spec),
                 surge: Err(String::new()),
             };
-            let cfg = settings.cfg(ro.phase).clone();
-            if cfg.order == UpdateOrder::StartFirst && ro.fallback.is_none() {
-                let want = match cfg.parallelism {
-                    0 => replicas.len(),
-                    n => n as usize,
-                };
+            // Room for surge replicas, if either direction is start-first
+            // (a step may turn an update into a rollback).
+            let start_first: Vec<&cntnr_model::UpdateConfig> = [&update, &rollback]
+                .into_iter()
+                .filter(|c| c.order == UpdateOrder::StartFirst)
+                .collect();
+            if !start_first.is_empty() {
+                let want = start_first
+                    .iter()
+                    .map(|c| match c.parallelism {
+                        0 => replicas.len(),
+                        n => n as usize,
+                    })
+                    .max()
+                    .unwrap_or(1);
                 settings.surge = extra_nodes(project, svc, cluster, &occupied, want)
                     .map_err(|e| format!("no node can take one ({e})"));
             }
@@ -555,6 +564,39 @@ mod tests {
             .iter()
             .map(|r| (r.id.to_string(), r.config_hash.clone()))
             .collect()
+    }
+
+    #[test]
+    fn progress_lines_say_why_start_first_fell_back() {
+        let (v1, t1) = project(1);
+        let (v2, _) = project(2);
+        let svc = ServiceName::new("rolled").unwrap();
+        let h = |p: &Project| p.services[&svc].config_hash();
+        let mut rec = record(&t1, 2);
+        let start: BTreeMap<u32, Option<ConfigHash>> =
+            [(1, Some(h(&v1))), (2, Some(h(&v1)))].into();
+        let mut ro = ServiceRollout::start(h(&v1), h(&v2), &start);
+        let update = cntnr_model::UpdateConfig {
+            order: UpdateOrder::StartFirst,
+            ..Default::default()
+        };
+        let settings = Settings {
+            update: &update,
+            rollback: &update,
+            has_check: false,
+            check_ms: 0,
+            surge: Err(
+                "no node can take one (max_replicas_per_node 1 reached on the 1 eligible node)"
+                    .into(),
+            ),
+        };
+        let adv = ro.step(&settings, &[1, 2].into(), &BTreeMap::new(), 1);
+        assert_eq!(adv.advanced, vec![1]);
+        rec.rollouts.insert(svc, ro);
+        assert_eq!(
+            progress_lines(&rec),
+            vec!["rolling update of rolled: updating 0/2, 1 in flight (start-first needs a surge replica: no node can take one (max_replicas_per_node 1 reached on the 1 eligible node); running stop-first)".to_string()]
+        );
     }
 
     #[test]

@@ -984,9 +984,7 @@ fn start_first_uses_surge_replicas() {
         if case.surge.is_empty() {
             assert_eq!(
                 ro.fallback.as_deref(),
-                Some(
-                    "start-first needs a surge replica: no node in this test; updating stop-first"
-                ),
+                Some("start-first needs a surge replica: no node in this test; running stop-first"),
                 "{}",
                 case.name
             );
@@ -1009,7 +1007,7 @@ fn the_fallback_is_reported_once_and_surge_numbers_follow_the_last_replica() {
     let adv = ro.step(&s, &set, &BTreeMap::new(), 0);
     assert_eq!(
         adv.fell_back.as_deref(),
-        Some("start-first needs a surge replica: max_replicas_per_node 1 reached on all 2 eligible nodes; updating stop-first")
+        Some("start-first needs a surge replica: max_replicas_per_node 1 reached on all 2 eligible nodes; running stop-first")
     );
     let adv = ro.step(&s, &set, &BTreeMap::new(), 1);
     assert_eq!(adv.fell_back, None, "reported once");
