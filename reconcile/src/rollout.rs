@@ -55,8 +55,8 @@
 //!    replicas in flight never outnumber the ready surge replicas, so the
 //!    ready count never drops below the replica count. When no old replica
 //!    is left, the surge replicas are dropped (their containers removed).
-//!    A surge replica that failed counts as a failed replica and is
-//!    replaced. If no surge replica can be placed at all (per-node limit,
+//!    A surge replica that failed (also after `monitor`: it holds capacity
+//!    until the end) counts as a failed replica and is replaced. If no surge replica can be placed at all (per-node limit,
 //!    constraints, a fixed published port taken on every eligible node) the
 //!    rollout runs `stop-first` and says why ([`ServiceRollout::fallback`]).
 //!    A rollback drops the surge replicas of the update and starts its own
@@ -468,6 +468,12 @@ impl Rollout for ServiceRollout {
         }
         for (r, surge) in self.surge.iter_mut() {
             let obs = observed.get(r).filter(|o| o.hash == surge.hash);
+            // A surge replica holds capacity until the rollout ends: one
+            // that breaks after `monitor` failed too (and is replaced).
+            if let (Step::Done { .. }, Some(why)) = (&surge.step, broken_of(obs)) {
+                surge.step = fail(now, &why);
+                continue;
+            }
             observe(
                 &mut surge.step,
                 obs,

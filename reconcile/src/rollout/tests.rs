@@ -169,9 +169,11 @@ fn run(case: &Case) -> ServiceRollout {
             min_opt(row.recheck, first_deadline(&ro, &s)),
             "{ctx}: recheck_at"
         );
-        // start-first: old replicas in flight never outnumber the surge
-        // replicas through monitor, so capacity never drops.
-        if s.cfg(ro.phase).order == UpdateOrder::StartFirst && ro.fallback.is_none() {
+        // start-first: an old replica is replaced only while old replicas
+        // in flight do not outnumber the surge replicas through monitor,
+        // so capacity never drops.
+        let replaced = adv.advanced.iter().any(|r| set.contains(r));
+        if replaced && s.cfg(ro.phase).order == UpdateOrder::StartFirst && ro.fallback.is_none() {
             let real = ro
                 .replicas
                 .values()
@@ -899,6 +901,64 @@ fn start_first_uses_surge_replicas() {
                     Some(3040),
                 ),
                 row(3040, &[], &[], "BB", Completed, None),
+            ],
+        },
+        Case {
+            name: "a surge replica that breaks after monitor failed and is replaced",
+            cfg: start_first(1, 1000, Continue),
+            rollback: None,
+            check_ms: 0,
+            surge: &["n1"],
+            has_check: true,
+            start: "aa",
+            rows: vec![
+                row(0, &[], &[3], "AAB", Updating, None),
+                row(
+                    10,
+                    &[(3, 'b', S::Running, RUN_OK)],
+                    &[],
+                    "AAB",
+                    Updating,
+                    Some(1010),
+                ),
+                row(1010, &[], &[1], "BAB", Updating, None),
+                // The surge container dies: it failed and runs nowhere.
+                row(
+                    1020,
+                    &[(3, 'b', S::Failed, H::None)],
+                    &[],
+                    "BA",
+                    Updating,
+                    None,
+                ),
+                row(
+                    1030,
+                    &[(1, 'b', S::Running, RUN_OK)],
+                    &[],
+                    "BA",
+                    Updating,
+                    Some(2030),
+                ),
+                // Replica 1 is done: a new surge replica (4) before 2 goes.
+                row(2030, &[], &[4], "BAB", Updating, None),
+                row(
+                    2040,
+                    &[(4, 'b', S::Running, RUN_OK)],
+                    &[],
+                    "BAB",
+                    Updating,
+                    Some(3040),
+                ),
+                row(3040, &[], &[2], "BBB", Updating, None),
+                row(
+                    3050,
+                    &[(2, 'b', S::Running, RUN_OK)],
+                    &[],
+                    "BBB",
+                    Updating,
+                    Some(4050),
+                ),
+                row(4050, &[], &[], "BB", Completed, None),
             ],
         },
         Case {
