@@ -272,6 +272,37 @@ fn start_first_keeps_capacity_with_a_surge_replica(kind: Kind) {
     let ids: BTreeSet<String> = agent.runc_list().into_iter().map(|(id, _)| id).collect();
     assert!(!ids.contains(&format!("{p}-web-4")), "{ids:?}");
 
+    // A bad start-first update: only its surge replica ever runs the new
+    // hash; it fails, the rollback has nothing to move, and the old
+    // replicas were never touched.
+    let before = pids(&agent);
+    let bad = "{parallelism: 1, monitor: 2s, order: start-first, failure_action: rollback}";
+    deploy(&s, p, &web_with(3, false, bad));
+    let mut fewest = usize::MAX;
+    common::wait_for(WAIT, "the bad update rolled back, its surge gone", || {
+        let r = replicas(&s, p);
+        let ready = r
+            .values()
+            .filter(|(_, st, he)| st == "running" && he == "healthy")
+            .count();
+        fewest = fewest.min(ready);
+        let sched = schedule(&s, p);
+        let ids: BTreeSet<String> = agent.runc_list().into_iter().map(|(id, _)| id).collect();
+        let want: BTreeSet<String> = (1..=3).map(|n| format!("{p}-web-{n}")).collect();
+        (sched["rollouts"]["web"]["phase"] == "rolled-back"
+            && all_healthy(&s, p).as_ref() == Some(&h2)
+            && ids == want)
+            .then_some(())
+    });
+    assert!(fewest >= 3, "at least 3 ready throughout, saw {fewest}");
+    assert_eq!(pids(&agent), before, "no old replica was restarted");
+    let ps = s.cntnr(s.tmp.path(), &["ps", p]);
+    assert!(
+        text(&ps.stdout).contains("rolling update of web: rolled back"),
+        "{}",
+        text(&ps.stdout)
+    );
+
     let out = s.cntnr(s.tmp.path(), &["rm", p]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     common::wait_for(WAIT, "containers removed", || {
