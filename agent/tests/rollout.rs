@@ -9,7 +9,11 @@
 //!   the service returns to the last healthy hash, and the replicas that
 //!   were never advanced keep their init pid (never killed);
 //! - a bad update with `failure_action: pause`: it stops after the first
-//!   replica; `cntnr rollback PROJECT` brings it back, others untouched.
+//!   replica; `cntnr rollback PROJECT` brings it back, others untouched;
+//! - `order: start-first`: a surge replica (number 4) runs the new hash
+//!   first; at every sample at least three replicas are running and
+//!   healthy; the end state is replicas 1..3 on the new hash and no surge
+//!   container left.
 
 mod common;
 
@@ -24,6 +28,15 @@ const WAIT: Duration = Duration::from_secs(120);
 /// `version` sets an env var (so the hash); `healthy: false` makes the
 /// check fail (the file it tests is never created).
 fn web(version: u32, healthy: bool, action: &str) -> String {
+    web_with(
+        version,
+        healthy,
+        &format!("{{parallelism: 1, monitor: 2s, failure_action: {action}}}"),
+    )
+}
+
+/// [`web`] with the given `update_config` (flow YAML).
+fn web_with(version: u32, healthy: bool, update_config: &str) -> String {
     let image = common::test_image_ref();
     let cmd = if healthy {
         "touch /tmp/ok; exec sleep 3600"
@@ -31,7 +44,7 @@ fn web(version: u32, healthy: bool, action: &str) -> String {
         "exec sleep 3600"
     };
     format!(
-        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, '{cmd}']\n    environment: {{V: '{version}'}}\n    healthcheck: {{test: [CMD-SHELL, 'test -f /tmp/ok'], interval: 1s, timeout: 2s, retries: 1}}\n    deploy: {{replicas: 3, update_config: {{parallelism: 1, monitor: 2s, failure_action: {action}}}}}\n"
+        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, '{cmd}']\n    environment: {{V: '{version}'}}\n    healthcheck: {{test: [CMD-SHELL, 'test -f /tmp/ok'], interval: 1s, timeout: 2s, retries: 1}}\n    deploy: {{replicas: 3, update_config: {update_config}}}\n"
     )
 }
 
@@ -217,4 +230,92 @@ fn rolling_update_rollback_and_manual_rollback_etcd() {
 #[test]
 fn rolling_update_rollback_and_manual_rollback_consul() {
     rolling_update_rollback_and_manual_rollback(Kind::Consul);
+}
+
+fn start_first_keeps_capacity_with_a_surge_replica(kind: Kind) {
+    let s = TestStore::new(kind, "rollout-surge");
+    let ttl = if kind == Kind::Consul { "10s" } else { "3s" };
+    let agent = s.agent_with("n1", &["--session-ttl", ttl], &[]);
+    let p = "surge";
+    let cfg = "{parallelism: 1, monitor: 2s, order: start-first}";
+    deploy(&s, p, &web_with(1, true, cfg));
+    let h1 = settled(&s, p);
+
+    deploy(&s, p, &web_with(2, true, cfg));
+    let mut fewest = usize::MAX;
+    let mut surge_seen = false;
+    let h2 = common::wait_for(WAIT, "every replica on the new hash, no surge left", || {
+        let r = replicas(&s, p);
+        // Running and healthy, whatever the hash or replica number.
+        let ready = r
+            .values()
+            .filter(|(_, st, he)| st == "running" && he == "healthy")
+            .count();
+        fewest = fewest.min(ready);
+        surge_seen |= r.contains_key(&4);
+        let sched = schedule(&s, p);
+        surge_seen |= sched["rollouts"]["web"]["surge"]["4"].is_object();
+        let h = all_healthy(&s, p)?;
+        let ids: BTreeSet<String> = agent.runc_list().into_iter().map(|(id, _)| id).collect();
+        let want: BTreeSet<String> = (1..=3).map(|n| format!("{p}-web-{n}")).collect();
+        (h != h1 && ids == want).then_some(h)
+    });
+    assert!(surge_seen, "a surge replica ran during the update");
+    assert!(
+        fewest >= 3,
+        "at least 3 replicas running and healthy at every sample, saw {fewest}"
+    );
+    assert_eq!(settled(&s, p), h2);
+    let r = replicas(&s, p);
+    assert_eq!(r.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(r.values().all(|(h, _, _)| *h == h2));
+    let ids: BTreeSet<String> = agent.runc_list().into_iter().map(|(id, _)| id).collect();
+    assert!(!ids.contains(&format!("{p}-web-4")), "{ids:?}");
+
+    // A bad start-first update: only its surge replica ever runs the new
+    // hash; it fails, the rollback has nothing to move, and the old
+    // replicas were never touched.
+    let before = pids(&agent);
+    let bad = "{parallelism: 1, monitor: 2s, order: start-first, failure_action: rollback}";
+    deploy(&s, p, &web_with(3, false, bad));
+    let mut fewest = usize::MAX;
+    common::wait_for(WAIT, "the bad update rolled back, its surge gone", || {
+        let r = replicas(&s, p);
+        let ready = r
+            .values()
+            .filter(|(_, st, he)| st == "running" && he == "healthy")
+            .count();
+        fewest = fewest.min(ready);
+        let sched = schedule(&s, p);
+        let ids: BTreeSet<String> = agent.runc_list().into_iter().map(|(id, _)| id).collect();
+        let want: BTreeSet<String> = (1..=3).map(|n| format!("{p}-web-{n}")).collect();
+        (sched["rollouts"]["web"]["phase"] == "rolled-back"
+            && all_healthy(&s, p).as_ref() == Some(&h2)
+            && ids == want)
+            .then_some(())
+    });
+    assert!(fewest >= 3, "at least 3 ready throughout, saw {fewest}");
+    assert_eq!(pids(&agent), before, "no old replica was restarted");
+    let ps = s.cntnr(s.tmp.path(), &["ps", p]);
+    assert!(
+        text(&ps.stdout).contains("rolling update of web: rolled back"),
+        "{}",
+        text(&ps.stdout)
+    );
+
+    let out = s.cntnr(s.tmp.path(), &["rm", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    common::wait_for(WAIT, "containers removed", || {
+        agent.runc_list().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn start_first_keeps_capacity_with_a_surge_replica_etcd() {
+    start_first_keeps_capacity_with_a_surge_replica(Kind::Etcd);
+}
+
+#[test]
+fn start_first_keeps_capacity_with_a_surge_replica_consul() {
+    start_first_keeps_capacity_with_a_surge_replica(Kind::Consul);
 }

@@ -19,7 +19,7 @@
 //!
 //! Not covered (the agent applies them without recreating containers, or
 //! they are metadata): `deploy.replicas`, `deploy.mode`, placement,
-//! `update_config`, `restart`, `deploy.restart_policy`, `healthcheck` (the
+//! `update_config`, `rollback_config`, `restart`, `deploy.restart_policy`, `healthcheck` (the
 //! agent runs checks itself), `depends_on`, `labels`, `expose`,
 //! `stop_signal`, `stop_grace_period`, `pull_policy`, registration and
 //! check annotations (`cntnr.service.*`, `cntnr.check.*`, `cntnr.drain`,

@@ -1600,73 +1600,89 @@ fn deploy(sink: &mut Sink<'_>, v: &Value) -> Deploy {
             d.restart_policy = Some(p);
         }
     }
-    if let Some(uv) = get("update_config") {
-        if let Some(um) = sink.map("deploy.update_config", uv) {
-            sink.check_keys("deploy.update_config", um, &schema::UPDATE_CONFIG);
-            let u = &mut d.update_config;
-            if let Some(n) = um
-                .get("parallelism")
-                .and_then(|v| sink.u32("deploy.update_config.parallelism", v))
-            {
-                u.parallelism = n;
-            }
-            if let Some(dl) = um
-                .get("delay")
-                .and_then(|v| sink.duration("deploy.update_config.delay", v))
-            {
-                u.delay = dl;
-            }
-            if let Some(mo) = um
-                .get("monitor")
-                .and_then(|v| sink.duration("deploy.update_config.monitor", v))
-            {
-                u.monitor = mo;
-            }
-            if let Some(fa) = um
-                .get("failure_action")
-                .and_then(|v| sink.string("deploy.update_config.failure_action", v))
-            {
-                u.failure_action = match fa.as_str() {
-                    "pause" => FailureAction::Pause,
-                    "continue" => FailureAction::Continue,
-                    "rollback" => FailureAction::Rollback,
-                    other => {
-                        sink.invalid("deploy.update_config.failure_action", format!("invalid failure_action {other:?}: must be pause, continue or rollback"));
-                        FailureAction::Pause
-                    }
-                };
-            }
-            if let Some(o) = um
-                .get("order")
-                .and_then(|v| sink.string("deploy.update_config.order", v))
-            {
-                u.order = match o.as_str() {
-                    "stop-first" => UpdateOrder::StopFirst,
-                    "start-first" => UpdateOrder::StartFirst,
-                    other => {
-                        sink.invalid(
-                            "deploy.update_config.order",
-                            format!("invalid order {other:?}: must be stop-first or start-first"),
-                        );
-                        UpdateOrder::StopFirst
-                    }
-                };
-            }
-            if let Some(r) = um
-                .get("max_failure_ratio")
-                .and_then(|v| sink.string("deploy.update_config.max_failure_ratio", v))
-            {
-                match r.trim().parse::<f64>() {
-                    Ok(x) if (0.0..=1.0).contains(&x) => u.max_failure_ratio = x,
-                    _ => sink.invalid(
-                        "deploy.update_config.max_failure_ratio",
-                        format!("invalid ratio {r:?}: must be a number from 0 to 1"),
-                    ),
-                }
-            }
-        }
+    // Presence matters: a service with an `update_config` key (even one
+    // equal to swarm's defaults) is rolled out replica by replica.
+    if let Some(uv) = m.get("update_config") {
+        d.update_config = Some(update_config(sink, "deploy.update_config", uv, false));
+    }
+    if let Some(rv) = m.get("rollback_config") {
+        d.rollback_config = Some(update_config(sink, "deploy.rollback_config", rv, true));
     }
     d
+}
+
+/// Normalizes `deploy.update_config` or, with `rollback`,
+/// `deploy.rollback_config` (same keys; its `failure_action` is only
+/// `pause` or `continue`, as in swarm). Absent keys take swarm's defaults,
+/// which are the same for both. An empty (null) block is all defaults.
+fn update_config(sink: &mut Sink<'_>, key: &str, v: &Value, rollback: bool) -> UpdateConfig {
+    let mut u = UpdateConfig::default();
+    if v.is_null() {
+        return u;
+    }
+    let Some(um) = sink.map(key, v) else {
+        return u;
+    };
+    let set = if rollback {
+        &schema::ROLLBACK_CONFIG
+    } else {
+        &schema::UPDATE_CONFIG
+    };
+    sink.check_keys(key, um, set);
+    let k = |f: &str| format!("{key}.{f}");
+    let get = |f: &str| um.get(f).filter(|v| !v.is_null());
+    if let Some(n) = get("parallelism").and_then(|v| sink.u32(&k("parallelism"), v)) {
+        u.parallelism = n;
+    }
+    if let Some(dl) = get("delay").and_then(|v| sink.duration(&k("delay"), v)) {
+        u.delay = dl;
+    }
+    if let Some(mo) = get("monitor").and_then(|v| sink.duration(&k("monitor"), v)) {
+        u.monitor = mo;
+    }
+    if let Some(fa) = get("failure_action").and_then(|v| sink.string(&k("failure_action"), v)) {
+        u.failure_action = match fa.as_str() {
+            "pause" => FailureAction::Pause,
+            "continue" => FailureAction::Continue,
+            "rollback" if !rollback => FailureAction::Rollback,
+            other => {
+                let allowed = if rollback {
+                    "pause or continue"
+                } else {
+                    "pause, continue or rollback"
+                };
+                sink.invalid(
+                    k("failure_action"),
+                    format!("invalid failure_action {other:?}: must be {allowed}"),
+                );
+                FailureAction::Pause
+            }
+        };
+    }
+    if let Some(o) = get("order").and_then(|v| sink.string(&k("order"), v)) {
+        u.order = match o.as_str() {
+            "stop-first" => UpdateOrder::StopFirst,
+            "start-first" => UpdateOrder::StartFirst,
+            other => {
+                sink.invalid(
+                    k("order"),
+                    format!("invalid order {other:?}: must be stop-first or start-first"),
+                );
+                UpdateOrder::StopFirst
+            }
+        };
+    }
+    if let Some(r) = get("max_failure_ratio").and_then(|v| sink.string(&k("max_failure_ratio"), v))
+    {
+        match r.trim().parse::<f64>() {
+            Ok(x) if (0.0..=1.0).contains(&x) => u.max_failure_ratio = x,
+            _ => sink.invalid(
+                k("max_failure_ratio"),
+                format!("invalid ratio {r:?}: must be a number from 0 to 1"),
+            ),
+        }
+    }
+    u
 }
 
 /// Normalizes a top-level `networks` or `volumes` entry.

@@ -66,16 +66,31 @@ pub struct ScheduleRecord {
 }
 
 impl ScheduleRecord {
-    /// The replicas of every service assigned to `node`.
+    /// The replicas of every service assigned to `node`, with the surge
+    /// replicas of `start-first` rollouts placed there (but not those that
+    /// failed: their container goes).
     pub fn replicas_on(&self, node: &NodeName) -> Vec<(ServiceName, Replica)> {
-        self.services
+        let mut v: Vec<(ServiceName, Replica)> = self
+            .services
             .iter()
             .flat_map(|(s, reps)| {
                 reps.iter()
                     .filter(|(_, n)| *n == node)
                     .map(move |(r, _)| (s.clone(), *r))
             })
-            .collect()
+            .collect();
+        for (s, ro) in &self.rollouts {
+            let placed = self.services.get(s);
+            for (r, surge) in &ro.surge {
+                let failed = matches!(surge.step, crate::rollout::Step::Failed { .. });
+                if surge.node == *node && !failed && placed.is_none_or(|p| !p.contains_key(r)) {
+                    v.push((s.clone(), *r));
+                }
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 }
 
@@ -320,6 +335,59 @@ mod tests {
             s.replicas_on(&n2),
             vec![(ServiceName::new("web").unwrap(), 2)]
         );
+    }
+
+    #[test]
+    fn surge_replicas_of_a_rollout_run_on_their_node() {
+        use crate::rollout::{Phase, ServiceRollout, Step, Surge};
+        let n1 = NodeName::new("n1").unwrap();
+        let n2 = NodeName::new("n2").unwrap();
+        let web = ServiceName::new("web").unwrap();
+        let h = crate::ConfigHash::parse(&format!("v1-{}", "a".repeat(64))).unwrap();
+        let surge = |node: &NodeName| Surge {
+            node: node.clone(),
+            hash: h.clone(),
+            step: Step::Updating { since: 1 },
+        };
+        let s = ScheduleRecord {
+            fencing_token: 7,
+            leader: n1.clone(),
+            generation: 42,
+            services: [(web.clone(), [(1, n1.clone()), (2, n2.clone())].into())].into(),
+            gone_since: BTreeMap::new(),
+            rollouts: [(
+                web.clone(),
+                ServiceRollout {
+                    from: h.clone(),
+                    to: h.clone(),
+                    phase: Phase::Updating,
+                    replicas: BTreeMap::new(),
+                    reason: None,
+                    surge: [
+                        (3, surge(&n2)),
+                        (4, surge(&n1)),
+                        (
+                            5,
+                            Surge {
+                                step: Step::Failed {
+                                    at: 2,
+                                    reason: "unhealthy".into(),
+                                },
+                                ..surge(&n1)
+                            },
+                        ),
+                    ]
+                    .into(),
+                    fallback: None,
+                },
+            )]
+            .into(),
+            healthy_spec: None,
+        };
+        assert_eq!(s.replicas_on(&n1), vec![(web.clone(), 1), (web.clone(), 4)]);
+        assert_eq!(s.replicas_on(&n2), vec![(web.clone(), 2), (web.clone(), 3)]);
+        let j = round_trip(&s);
+        assert_eq!(j["rollouts"]["web"]["surge"]["3"]["node"], "n2");
     }
 
     #[test]

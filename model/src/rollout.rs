@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::records::{ContainerState, Health};
-use crate::{ConfigHash, Replica};
+use crate::{ConfigHash, NodeName, Replica};
 
 /// Milliseconds since the Unix epoch (the caller's clock).
 pub type Millis = u64;
@@ -29,6 +29,9 @@ pub enum Phase {
     Completed,
     /// Every replica is back on `from`.
     RolledBack,
+    /// A rollback stopped by `rollback_config.failure_action: pause`
+    /// (`cntnr rollback` resumes it).
+    RollbackPaused,
 }
 
 impl fmt::Display for Phase {
@@ -39,6 +42,7 @@ impl fmt::Display for Phase {
             Phase::RollingBack => "rolling back",
             Phase::Completed => "completed",
             Phase::RolledBack => "rolled back",
+            Phase::RollbackPaused => "rollback paused",
         })
     }
 }
@@ -108,4 +112,24 @@ pub struct ServiceRollout {
     /// Why it paused or rolls back, for status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `order: start-first`: the extra replicas (numbered after the
+    /// service's last) that run the target while old replicas are replaced,
+    /// so capacity never drops; removed when the rollout ends.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub surge: BTreeMap<Replica, Surge>,
+    /// Why `start-first` could not get a surge replica and this rollout
+    /// runs `stop-first` (shown in status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// A surge replica of a `start-first` rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Surge {
+    /// The node that runs it.
+    pub node: NodeName,
+    /// The hash it runs (the target when it was added).
+    pub hash: ConfigHash,
+    /// Its progress (`Updating`, `Monitoring`, `Done`, `Failed`).
+    pub step: Step,
 }

@@ -185,11 +185,11 @@ pub const DEPLOY: KeySet = KeySet {
         "resources",
         "restart_policy",
         "update_config",
+        "rollback_config",
     ],
     unsupported: &[
         ("endpoint_mode", None),
         ("labels", Some("use service labels")),
-        ("rollback_config", None),
     ],
 };
 
@@ -229,6 +229,9 @@ pub const UPDATE_CONFIG: KeySet = KeySet {
     ],
     unsupported: &[],
 };
+
+/// `deploy.rollback_config` (the same keys as `update_config`).
+pub const ROLLBACK_CONFIG: KeySet = UPDATE_CONFIG;
 
 /// `services.<name>.healthcheck`.
 pub const HEALTHCHECK: KeySet = KeySet {

@@ -654,8 +654,21 @@ pub struct Deploy {
     pub resources: Resources,
     /// Swarm-style restart policy, if given.
     pub restart_policy: Option<DeployRestartPolicy>,
-    /// How updates roll out.
-    pub update_config: UpdateConfig,
+    /// How updates roll out. `None` when the compose file has no
+    /// `update_config` key: such a service is updated all at once; with the
+    /// key (even one equal to swarm's defaults), replica by replica.
+    pub update_config: Option<UpdateConfig>,
+    /// How a rollback rolls out (`deploy.rollback_config`); `None`: swarm's
+    /// rollback defaults ([`UpdateConfig::default`], the same values).
+    pub rollback_config: Option<UpdateConfig>,
+}
+
+impl Deploy {
+    /// The rollback settings in effect: `rollback_config`, else swarm's
+    /// rollback defaults.
+    pub fn rollback(&self) -> UpdateConfig {
+        self.rollback_config.clone().unwrap_or_default()
+    }
 }
 
 impl Serialize for Deploy {
@@ -675,7 +688,12 @@ impl Serialize for Deploy {
         if let Some(r) = &self.restart_policy {
             m.serialize_entry("restart_policy", r)?;
         }
-        m.serialize_entry("update_config", &self.update_config)?;
+        if let Some(u) = &self.update_config {
+            m.serialize_entry("update_config", u)?;
+        }
+        if let Some(r) = &self.rollback_config {
+            m.serialize_entry("rollback_config", r)?;
+        }
         m.end()
     }
 }
@@ -688,7 +706,8 @@ impl Default for Deploy {
             placement: Placement::default(),
             resources: Resources::default(),
             restart_policy: None,
-            update_config: UpdateConfig::default(),
+            update_config: None,
+            rollback_config: None,
         }
     }
 }
@@ -853,7 +872,9 @@ pub enum UpdateOrder {
     StartFirst,
 }
 
-/// `deploy.update_config`, with swarm's defaults.
+/// `deploy.update_config` (or `deploy.rollback_config`), with swarm's
+/// defaults (the same for updates and rollbacks: parallelism 1, delay 0s,
+/// `pause`, monitor 5s, ratio 0, `stop-first`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpdateConfig {
     /// Replicas updated at once (default 1; 0 means all at once).

@@ -99,6 +99,8 @@ const CASES: &[(&str, &[&str])] = &[
             r#"{f}: project "bad", service "web", key "deploy.replicas": must be a whole number ≥ 0, not -1"#,
             r#"{f}: project "bad", service "web", key "deploy.update_config.order": invalid order "random": must be stop-first or start-first"#,
             r#"{f}: project "bad", service "web", key "deploy.update_config.max_failure_ratio": invalid ratio "2": must be a number from 0 to 1"#,
+            r#"{f}: project "bad", service "web", key "deploy.rollback_config.speed": unknown key `speed`"#,
+            r#"{f}: project "bad", service "web", key "deploy.rollback_config.failure_action": invalid failure_action "rollback": must be pause or continue"#,
         ],
     ),
     (

@@ -366,20 +366,29 @@ fn deploy_blocks() {
     );
     assert_eq!(
         api.deploy.update_config,
-        UpdateConfig {
+        Some(UpdateConfig {
             parallelism: 2,
             delay: Duration::from_secs(5),
             failure_action: FailureAction::Rollback,
             monitor: Duration::from_secs(30),
             max_failure_ratio: 0.25,
             order: UpdateOrder::StartFirst,
-        }
+        })
+    );
+    assert_eq!(
+        api.deploy.rollback_config,
+        Some(UpdateConfig {
+            parallelism: 0,
+            failure_action: FailureAction::Continue,
+            monitor: Duration::from_secs(10),
+            ..UpdateConfig::default()
+        })
     );
     assert_eq!(svc(&p, "batch").deploy.replicas, 0);
-    assert_eq!(
-        svc(&p, "batch").deploy.update_config,
-        UpdateConfig::default()
-    );
+    assert_eq!(svc(&p, "batch").deploy.update_config, None);
+    assert_eq!(svc(&p, "batch").deploy.rollback_config, None);
+    // Swarm's rollback defaults when there is no rollback_config.
+    assert_eq!(svc(&p, "batch").deploy.rollback(), UpdateConfig::default());
 }
 
 #[test]

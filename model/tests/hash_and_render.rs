@@ -108,6 +108,51 @@ fn cosmetic_and_scheduling_edits_do_not_change_the_hash() {
 }
 
 #[test]
+fn update_and_rollback_config_do_not_change_the_hash() {
+    let with = |block: &str| {
+        BASE.replace(
+            "      replicas: 2\n",
+            &format!("      replicas: 2\n{block}"),
+        )
+    };
+    let variants = [
+        "      update_config: {parallelism: 1}\n",
+        "      update_config: {parallelism: 3, delay: 2s, order: start-first, monitor: 9s}\n",
+        "      update_config:\n",
+        "      rollback_config: {parallelism: 2, failure_action: continue}\n",
+        "      update_config: {failure_action: rollback}\n      rollback_config: {order: start-first}\n",
+    ];
+    for v in variants {
+        let edited = with(v);
+        assert_ne!(edited, BASE, "{v}");
+        assert_eq!(hash(BASE), hash(&edited), "{v}");
+    }
+    // The hash is still the pinned one: HASH_VERSION need not change.
+    assert_eq!(hash(&with(variants[1])).as_str(), PINNED);
+}
+
+#[test]
+fn update_config_presence_is_kept_through_render_and_load() {
+    let p = load(BASE);
+    assert_eq!(svc(&p, "web").deploy.update_config, None);
+    assert_eq!(svc(&p, "web").deploy.rollback_config, None);
+    let text = render::to_yaml(&p).unwrap();
+    assert!(!text.contains("update_config"), "{text}");
+    assert!(!text.contains("rollback_config"), "{text}");
+    // A block equal to swarm's defaults is still present.
+    let defaults = BASE.replace(
+        "      replicas: 2\n",
+        "      replicas: 2\n      update_config: {parallelism: 1}\n      rollback_config: {}\n",
+    );
+    let p = load(&defaults);
+    let d = &svc(&p, "web").deploy;
+    assert_eq!(d.update_config, Some(UpdateConfig::default()));
+    assert_eq!(d.rollback_config, Some(UpdateConfig::default()));
+    let back = load_stored(&p.name, "projects/h", &render::to_yaml(&p).unwrap()).unwrap();
+    assert_eq!(back, p);
+}
+
+#[test]
 fn container_shaping_edits_change_the_hash() {
     let edits = [
         ("nginx:1.25", "nginx:1.26"),

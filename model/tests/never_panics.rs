@@ -69,6 +69,7 @@ const KEYS: &[&str] = &[
     "bind",
     "restart",
     "update_config",
+    "rollback_config",
     "order",
     "x-frag",
     "<<",

@@ -497,6 +497,67 @@ pub fn schedule(
     }
 }
 
+/// Nodes that can take `count` more replicas of `service` (the surge
+/// replicas of a `start-first` rolling update), given `placement`: this
+/// project's replicas with the surge replicas already running. The rules
+/// are those of placing a new replica (constraints, per-node limits,
+/// published host ports, spread), one node per extra replica, possibly
+/// fewer than `count`; `Err` says why no node can take one.
+pub fn extra_nodes(
+    project: &Project,
+    service: &ServiceName,
+    cluster: &Cluster,
+    placement: &Placement,
+    count: usize,
+) -> Result<Vec<NodeName>, PendingReason> {
+    let Some(_) = project.services.get(service) else {
+        return Ok(Vec::new());
+    };
+    let all_rules: BTreeMap<&ServiceName, Rules> = project
+        .services
+        .iter()
+        .map(|(s, spec)| (s, Rules::of(spec)))
+        .collect();
+    let rules = &all_rules[service];
+    let blocked = port_clashes(service, &all_rules, placement);
+    let eligible: Vec<&NodeName> = cluster
+        .live
+        .iter()
+        .filter(|(n, labels)| rules.eligible(n, labels))
+        .map(|(n, _)| n)
+        .collect();
+    let mut load: BTreeMap<NodeName, u32> = cluster.other_load.clone();
+    for n in placement.values().flat_map(BTreeMap::values) {
+        *load.entry(n.clone()).or_insert(0) += 1;
+    }
+    let mut per_node: BTreeMap<&NodeName, u32> = BTreeMap::new();
+    for n in placement
+        .get(service)
+        .into_iter()
+        .flat_map(BTreeMap::values)
+    {
+        *per_node.entry(n).or_insert(0) += 1;
+    }
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let best = eligible
+            .iter()
+            .filter(|n| !blocked.contains_key(**n))
+            .map(|n| (per_node.get(*n).copied().unwrap_or(0), *n))
+            .filter(|(c, _)| *c < rules.cap)
+            .min_by_key(|(c, n)| (*c, load.get(*n).copied().unwrap_or(0), *n))
+            .map(|(_, n)| n);
+        let Some(node) = best else { break };
+        *per_node.entry(node).or_insert(0) += 1;
+        *load.entry(node.clone()).or_insert(0) += 1;
+        out.push(node.clone());
+    }
+    if out.is_empty() && count > 0 {
+        return Err(rules.why_nowhere(cluster, &eligible, &blocked));
+    }
+    Ok(out)
+}
+
 /// A host port published by another service on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PortClash {

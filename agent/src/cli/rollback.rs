@@ -3,7 +3,8 @@
 //! to the last fully healthy revision (`healthy_spec` of
 //! `schedule/<project>`). Writes `rollback/<project>` (value: the request
 //! time); the leader consumes the key. Replicas that still run the healthy
-//! revision are never touched; the others go back `parallelism` at a time.
+//! revision are never touched; the others go back as `rollback_config` (or
+//! swarm's rollback defaults) says. A paused rollback resumes.
 
 use anyhow::{bail, Result};
 use clap::Args;

@@ -7,7 +7,8 @@
 //! with one resumable watch (while this agent leads) and the
 //! `rollback/<project>` requests `cntnr rollback` writes. At each placement
 //! pass the scheduler calls [`Leader::apply`] for each project: a service
-//! whose config hash differs from the one in
+//! with a `deploy.update_config` key (any value; others update every
+//! replica at once) whose config hash differs from the one in
 //! [`ScheduleRecord::healthy_spec`] (the last fully healthy revision) gets a
 //! [`ServiceRollout`] in [`ScheduleRecord::rollouts`], stepped with what the
 //! status records say about each replica and the time; it names the hash
@@ -29,8 +30,17 @@
 //! schedule), and [`spec_for`] builds a held replica from `healthy_spec`.
 //!
 //! Order: a replica is one container id on one node, so the old and the new
-//! container cannot run side by side: `start-first` is honoured as
-//! `stop-first`.
+//! container cannot run side by side: `start-first` runs surge replicas
+//! (numbered after the service's last) on nodes
+//! [`cntnr_reconcile::schedule::extra_nodes`] finds room on, named in the
+//! rollout record ([`ServiceRollout::surge`]; nodes run them through
+//! `ScheduleRecord::replicas_on`). With no room at all the rollout runs
+//! `stop-first`, logged and shown in its progress line.
+//!
+//! Settings: `update_config` while updating, `rollback_config` (or swarm's
+//! rollback defaults) while rolling back; a replica must be ready within
+//! its check's worst case + `monitor` + 60 s
+//! ([`cntnr_reconcile::rollout::READY_MARGIN`]) or it counts as failed.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,12 +50,16 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Result};
 use cntnr_kv::{DynStore, EventKind, WatchFrom};
 use cntnr_model::records::{ContainerState, Health, ScheduleRecord, StatusRecord};
+use cntnr_model::rollout::Step;
 use cntnr_model::{
-    load_stored, ConfigHash, HealthTest, NodeName, Project, ProjectName, ServiceName, ServiceSpec,
-    StoreKey, UpdateConfig,
+    load_stored, ConfigHash, HealthTest, NodeName, Project, ProjectName, Replica, ServiceName,
+    ServiceSpec, StoreKey, UpdateOrder,
 };
 use cntnr_reconcile::plan::Desired;
-use cntnr_reconcile::rollout::{Millis, Observed, Phase, Rollout, ServiceRollout};
+use cntnr_reconcile::rollout::{
+    check_time, Millis, Observed, Phase, Rollout, ServiceRollout, Settings,
+};
+use cntnr_reconcile::schedule::{extra_nodes, Cluster, Placement};
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -124,14 +138,16 @@ impl Leader {
     }
 
     /// Fills `rec.rollouts` and `rec.healthy_spec` for `project` from the
-    /// previous record, the status records and the time. Returns whether
-    /// they differ from `prev`'s (the record must then be written).
+    /// previous record, the status records and the time (`cluster`: where
+    /// surge replicas may go). Returns whether they differ from `prev`'s
+    /// (the record must then be written).
     pub fn apply(
         &mut self,
         name: &ProjectName,
         project: &Project,
         prev: Option<&ScheduleRecord>,
         rec: &mut ScheduleRecord,
+        cluster: &Cluster,
     ) -> bool {
         let now = now_ms();
         rec.rollouts = prev.map(|p| p.rollouts.clone()).unwrap_or_default();
@@ -151,12 +167,38 @@ impl Leader {
             .and_then(|t| load_stored(name, &key, t).ok());
         let mut all_ready = true;
         let mut keep: BTreeMap<ServiceName, ServiceRollout> = BTreeMap::new();
+        // The project's placement with the surge replicas it runs, for the
+        // per-node limits of new surge replicas.
+        let mut occupied: Placement = rec.services.clone();
+        for (svc, ro) in &rec.rollouts {
+            for (r, sg) in &ro.surge {
+                if !matches!(sg.step, Step::Failed { .. }) {
+                    occupied
+                        .entry(svc.clone())
+                        .or_default()
+                        .entry(*r)
+                        .or_insert_with(|| sg.node.clone());
+                }
+            }
+        }
         for (svc, spec) in &project.services {
             let to = spec.config_hash();
             let placed = rec.services.get(svc).cloned().unwrap_or_default();
             let replicas: BTreeSet<u32> = placed.keys().copied().collect();
+            // Surge replicas are looked up on their node too.
+            let surge_at: BTreeMap<Replica, NodeName> = rec
+                .rollouts
+                .get(svc)
+                .map(|ro| {
+                    ro.surge
+                        .iter()
+                        .map(|(r, sg)| (*r, sg.node.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
             let observed: BTreeMap<u32, Observed> = placed
                 .iter()
+                .chain(surge_at.iter().filter(|(r, _)| !placed.contains_key(r)))
                 .filter_map(|(r, node)| {
                     let c = status
                         .get(node)?
@@ -196,12 +238,9 @@ impl Leader {
             let existing = rec.rollouts.get(svc).filter(|ro| ro.to == to).cloned();
             let mut ro = match (existing, from) {
                 (Some(ro), _) => ro,
-                // Swarm's defaults apply to every service, but until the
-                // other suites run with rolling updates, a service whose
-                // update_config is all defaults is updated as before.
-                (None, Some(from))
-                    if from != to && spec.deploy.update_config != UpdateConfig::default() =>
-                {
+                // Only a service whose compose file has an update_config
+                // key is rolled; others are updated at once, as before.
+                (None, Some(from)) if from != to && spec.deploy.update_config.is_some() => {
                     let old = rec.rollouts.get(svc);
                     let current: BTreeMap<u32, Option<ConfigHash>> = replicas
                         .iter()
@@ -221,13 +260,44 @@ impl Leader {
                 tracing::info!(project = %name, service = %svc, "rolling back by hand");
             }
             let before = ro.phase;
-            let adv = ro.step(
-                &spec.deploy.update_config,
-                checked,
-                &replicas,
-                &observed,
-                now,
-            );
+            let update = spec.deploy.update_config.clone().unwrap_or_default();
+            let rollback = spec.deploy.rollback();
+            let mut settings = Settings {
+                update: &update,
+                rollback: &rollback,
+                has_check: checked,
+                check_ms: check_ms(spec),
+                surge: Err(String::new()),
+            };
+            // Room for surge replicas, if either direction is start-first
+            // (a step may turn an update into a rollback).
+            let start_first: Vec<&cntnr_model::UpdateConfig> = [&update, &rollback]
+                .into_iter()
+                .filter(|c| c.order == UpdateOrder::StartFirst)
+                .collect();
+            if !start_first.is_empty() {
+                let want = start_first
+                    .iter()
+                    .map(|c| match c.parallelism {
+                        0 => replicas.len(),
+                        n => n as usize,
+                    })
+                    .max()
+                    .unwrap_or(1);
+                settings.surge = extra_nodes(project, svc, cluster, &occupied, want)
+                    .map_err(|e| format!("no node can take one ({e})"));
+            }
+            let adv = ro.step(&settings, &replicas, &observed, now);
+            if let Some(why) = &adv.fell_back {
+                tracing::warn!(project = %name, service = %svc, "rolling update: {why}");
+            }
+            for (r, sg) in &ro.surge {
+                occupied
+                    .entry(svc.clone())
+                    .or_default()
+                    .entry(*r)
+                    .or_insert_with(|| sg.node.clone());
+            }
             if ro.phase != before {
                 tracing::info!(project = %name, service = %svc, progress = %ro.progress(), reason = ro.reason.as_deref().unwrap_or(""), "rolling update: {}", ro.phase);
             }
@@ -392,7 +462,16 @@ fn rolls(service: &ServiceName, project: &Project) -> bool {
     project
         .services
         .get(service)
-        .is_some_and(|s| s.deploy.update_config != UpdateConfig::default())
+        .is_some_and(|s| s.deploy.update_config.is_some())
+}
+
+/// The worst time the service's health check takes to decide
+/// ([`check_time`]; 0 without a check), for the readiness deadline.
+fn check_ms(spec: &ServiceSpec) -> Millis {
+    crate::health::probe::HealthConfig::from_spec(spec).map_or(0, |h| {
+        let p = h.policy;
+        check_time(p.start_period, p.interval, p.timeout, p.retries)
+    })
 }
 
 /// Node side: the spec a replica that must carry `hash` is built from: the
@@ -442,6 +521,9 @@ pub fn progress_lines(rec: &ScheduleRecord) -> Vec<String> {
             if let Some(r) = &ro.reason {
                 l.push_str(&format!(" ({r})"));
             }
+            if let Some(f) = &ro.fallback {
+                l.push_str(&format!(" ({f})"));
+            }
             l
         })
         .collect()
@@ -453,7 +535,7 @@ mod tests {
 
     fn project(v: u32) -> (Project, String) {
         let text = format!(
-            "services:\n  rolled:\n    image: busybox\n    environment: {{V: '{v}'}}\n    deploy: {{replicas: 2, update_config: {{monitor: 1s}}}}\n  plain:\n    image: busybox\n    environment: {{V: '{v}'}}\n"
+            "services:\n  rolled:\n    image: busybox\n    environment: {{V: '{v}'}}\n    deploy: {{replicas: 2, update_config: {{parallelism: 1}}}}\n  plain:\n    image: busybox\n    environment: {{V: '{v}'}}\n"
         );
         let name = ProjectName::new("p").unwrap();
         (load_stored(&name, "projects/p", &text).unwrap(), text)
@@ -482,6 +564,39 @@ mod tests {
             .iter()
             .map(|r| (r.id.to_string(), r.config_hash.clone()))
             .collect()
+    }
+
+    #[test]
+    fn progress_lines_say_why_start_first_fell_back() {
+        let (v1, t1) = project(1);
+        let (v2, _) = project(2);
+        let svc = ServiceName::new("rolled").unwrap();
+        let h = |p: &Project| p.services[&svc].config_hash();
+        let mut rec = record(&t1, 2);
+        let start: BTreeMap<u32, Option<ConfigHash>> =
+            [(1, Some(h(&v1))), (2, Some(h(&v1)))].into();
+        let mut ro = ServiceRollout::start(h(&v1), h(&v2), &start);
+        let update = cntnr_model::UpdateConfig {
+            order: UpdateOrder::StartFirst,
+            ..Default::default()
+        };
+        let settings = Settings {
+            update: &update,
+            rollback: &update,
+            has_check: false,
+            check_ms: 0,
+            surge: Err(
+                "no node can take one (max_replicas_per_node 1 reached on the 1 eligible node)"
+                    .into(),
+            ),
+        };
+        let adv = ro.step(&settings, &[1, 2].into(), &BTreeMap::new(), 1);
+        assert_eq!(adv.advanced, vec![1]);
+        rec.rollouts.insert(svc, ro);
+        assert_eq!(
+            progress_lines(&rec),
+            vec!["rolling update of rolled: updating 0/2, 1 in flight (start-first needs a surge replica: no node can take one (max_replicas_per_node 1 reached on the 1 eligible node); running stop-first)".to_string()]
+        );
     }
 
     #[test]

@@ -416,7 +416,7 @@ async fn place_all(
             // every agent re-reconciles it and sees the generation).
             let same = placed.same_placement(prev.as_ref());
             let mut rec = placed.into_record(leadership.token, shared.node.clone(), dp.version);
-            let rolled = rollout.apply(p, project, prev.as_ref(), &mut rec);
+            let rolled = rollout.apply(p, project, prev.as_ref(), &mut rec, &cluster);
             if same
                 && !rolled
                 && prev.as_ref().is_some_and(|r| {

@@ -526,3 +526,76 @@ fn gone_nodes_are_kept_in_the_record_and_the_recheck_is_the_earliest_grace_end()
     assert_eq!(got.recheck_at, Some(NOW + 29));
     assert_eq!(got.gone_since, [(node("n3"), NOW - 1)].into());
 }
+
+#[test]
+fn extra_nodes_for_surge_replicas_follow_the_placement_rules() {
+    // (name, services, live nodes, placement, count, want nodes or reason)
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        usize,
+        Result<&'static [&'static str], &'static str>,
+    );
+    let cases: &[Row] = &[
+        (
+            "no limit: the least loaded node, several on one if needed",
+            "  web: {image: nginx, deploy: {replicas: 2}}\n",
+            &["n1", "n2"],
+            &["web/1=n1", "web/2=n1"],
+            3,
+            Ok(&["n2", "n2", "n1"]),
+        ),
+        (
+            "max_replicas_per_node 1 with a free node",
+            "  web: {image: nginx, deploy: {replicas: 2, placement: {max_replicas_per_node: 1}}}\n",
+            &["n1", "n2", "n3"],
+            &["web/1=n1", "web/2=n2"],
+            2,
+            Ok(&["n3"]),
+        ),
+        (
+            "max_replicas_per_node 1, every node full",
+            "  web: {image: nginx, deploy: {replicas: 2, placement: {max_replicas_per_node: 1}}}\n",
+            &["n1", "n2"],
+            &["web/1=n1", "web/2=n2"],
+            1,
+            Err("max_replicas_per_node 1 reached on all 2 eligible nodes"),
+        ),
+        (
+            "a fixed published port taken on the only node",
+            "  web: {image: nginx, ports: ['8080:80'], deploy: {replicas: 1}}\n",
+            &["n1"],
+            &["web/1=n1"],
+            1,
+            Err("published port 8080/tcp already taken by a replica on the 1 eligible node"),
+        ),
+        (
+            "a constraint that only the full node meets",
+            "  web: {image: nginx, deploy: {replicas: 1, placement: {constraints: ['node.hostname == n1'], max_replicas_per_node: 1}}}\n",
+            &["n1", "n2"],
+            &["web/1=n1"],
+            1,
+            Err("max_replicas_per_node 1 reached on the 1 eligible node"),
+        ),
+    ];
+    for (name, services, live, placed, count, want) in cases {
+        let p = project(services);
+        let cl = cluster(&Case { live, ..BASE });
+        let got = extra_nodes(
+            &p,
+            &ServiceName::new("web").unwrap(),
+            &cl,
+            &parse_placements(placed),
+            *count,
+        );
+        let got = got
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| e.to_string());
+        let want = want
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(ToString::to_string);
+        assert_eq!(got, want, "{name}");
+    }
+}
