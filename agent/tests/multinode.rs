@@ -335,7 +335,7 @@ fn three_nodes_node_loss_and_failover_consul() {
 /// The pause the frozen leader is given between computing a schedule and
 /// its fenced write: long enough for the test to see the log line and
 /// SIGSTOP it inside the pause.
-const FAULT_DELAY: &str = "4s";
+const FAULT_DELAY: Duration = Duration::from_secs(4);
 
 /// `web` with `replicas`, never moved off a gone node while the test runs.
 fn fenced_project(replicas: u32) -> String {
@@ -368,7 +368,10 @@ fn frozen_leader_late_schedule_write_is_fenced_out(kind: Kind) {
     let mut agents = vec![s.agent_with(
         "n1",
         &["--session-ttl", ttl],
-        &[("CNTNR_FAULT_SCHEDULE_WRITE_DELAY", FAULT_DELAY)],
+        &[(
+            "CNTNR_FAULT_SCHEDULE_WRITE_DELAY",
+            &format!("{}s", FAULT_DELAY.as_secs()),
+        )],
     )];
     common::wait_for(WAIT, "n1 leading", || {
         (leader(&s).as_deref() == Some("n1")).then_some(())
@@ -412,6 +415,7 @@ fn frozen_leader_late_schedule_write_is_fenced_out(kind: Kind) {
         (count_lines(&n1.log_text(), &pause) > paused_before).then_some(())
     });
     n1.signal("STOP");
+    let stopped = std::time::Instant::now();
     let written_before = n1.log_text().matches(&written).count();
     assert!(
         count_lines(&n1.log_text(), &[pause[0], pause[1], &token_field]) > paused_before,
@@ -435,6 +439,12 @@ fn frozen_leader_late_schedule_write_is_fenced_out(kind: Kind) {
     }
 
     // Woken, n1 attempts the write it was paused in; the store rejects it.
+    // Woken only once its pause is over, so the write is the first thing
+    // it does (as after a GC pause), racing its own notice of the lapsed
+    // session.
+    std::thread::sleep(
+        (stopped + FAULT_DELAY).saturating_duration_since(std::time::Instant::now()),
+    );
     n1.signal("CONT");
     let rejected = ["schedule write rejected: fenced out", "project=shop"];
     common::wait_for(WAIT, "n1 to log its write rejected", || {
