@@ -12,7 +12,7 @@
 //!
 //! Per store, in order:
 //! 1. half the agents, then all of them, idle with no project: store
-//!    requests per second over `CNTNR_BENCH_IDLE_SECS` (default 20) each;
+//!    requests per second over `CNTNR_BENCH_IDLE_SECS` (default 30) each;
 //! 2. the 20 projects written at once (raw puts, as `cntnr deploy` writes
 //!    them): time until the schedules exist, and until the `status/`
 //!    records show all 200 replicas running (read from the store);
@@ -119,11 +119,11 @@ impl Server {
         }
     }
 
-    /// The `--store` URL the agents get.
-    fn agent_url(&self) -> String {
+    /// The `--store` URL agent `i` gets (Consul: a proxy port of its own).
+    fn agent_url(&self, i: usize) -> String {
         match self {
             Server::Etcd(e) => e.store_url(),
-            Server::Consul(_, p) => format!("consul://127.0.0.1:{}", p.port),
+            Server::Consul(_, p) => format!("consul://127.0.0.1:{}", p.listen(i)),
         }
     }
 
@@ -291,15 +291,23 @@ mod proxy {
     //! A loopback TCP proxy in front of Consul that counts HTTP/1.1
     //! requests by their request line (method and path; KV paths cut to
     //! the key's directory, `?index=` marked as blocking).
+    //!
+    //! Each agent gets a listener of its own, and its connections reach
+    //! Consul from a loopback address of its own (`127.1.x.y`), as from a
+    //! host of its own: Consul limits concurrent HTTP connections per
+    //! client address (`limits.http_max_conns_per_client`, 200), which a
+    //! hundred agents on one address exceed.
 
     use std::collections::BTreeMap;
-    use std::net::SocketAddr;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::atomic::{AtomicI64, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     pub struct Proxy {
-        pub port: u16,
+        upstream: SocketAddr,
         counts: Arc<Mutex<BTreeMap<String, u64>>>,
+        open: Arc<AtomicI64>,
         rt: Option<tokio::runtime::Runtime>,
     }
 
@@ -310,26 +318,44 @@ mod proxy {
                 .enable_all()
                 .build()
                 .expect("proxy runtime");
-            let listener = rt
-                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-                .expect("binding the proxy");
-            let port = listener.local_addr().expect("proxy address").port();
-            let counts: Arc<Mutex<BTreeMap<String, u64>>> = Default::default();
-            let c = counts.clone();
-            rt.spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(relay(client, upstream, c.clone()));
-                }
-            });
             Proxy {
-                port,
-                counts,
+                upstream,
+                counts: Default::default(),
+                open: Default::default(),
                 rt: Some(rt),
             }
         }
 
+        /// A new listener for agent `i`: its port.
+        pub fn listen(&self, i: usize) -> u16 {
+            let rt = self.rt.as_ref().expect("running");
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .expect("binding the proxy");
+            let port = listener.local_addr().expect("proxy address").port();
+            let source = Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8);
+            let (upstream, counts, open) = (self.upstream, self.counts.clone(), self.open.clone());
+            rt.spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(relay(
+                        client,
+                        source,
+                        upstream,
+                        counts.clone(),
+                        open.clone(),
+                    ));
+                }
+            });
+            port
+        }
+
         pub fn counts(&self) -> BTreeMap<String, u64> {
             self.counts.lock().unwrap().clone()
+        }
+
+        /// Connections to Consul open now.
+        pub fn open(&self) -> i64 {
+            self.open.load(Ordering::SeqCst)
         }
     }
 
@@ -341,14 +367,26 @@ mod proxy {
         }
     }
 
+    async fn connect(
+        source: Ipv4Addr,
+        upstream: SocketAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source.into(), 0))?;
+        socket.connect(upstream).await
+    }
+
     async fn relay(
         client: tokio::net::TcpStream,
+        source: Ipv4Addr,
         upstream: SocketAddr,
         counts: Arc<Mutex<BTreeMap<String, u64>>>,
+        open: Arc<AtomicI64>,
     ) {
-        let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+        let Ok(server) = connect(source, upstream).await else {
             return;
         };
+        open.fetch_add(1, Ordering::SeqCst);
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         let (mut cr, mut cw) = client.into_split();
@@ -382,6 +420,7 @@ mod proxy {
             let _ = cw.shutdown().await;
         };
         tokio::join!(up, down);
+        open.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// `GET /v1/kv/<dir>` (+ ` (blocking)`), `PUT /v1/session/renew`, …
@@ -390,7 +429,12 @@ mod proxy {
         let rest = line
             .strip_suffix(" HTTP/1.1")
             .or(line.strip_suffix(" HTTP/1.0"))?;
-        let (method, target) = rest.split_once(' ')?;
+        // A body without a final newline runs into the next request line
+        // (keep-alive): the method is what the text before the target ends with.
+        let (head, target) = rest.rsplit_once(' ')?;
+        let method = ["DELETE", "POST", "PUT", "GET", "HEAD"]
+            .into_iter()
+            .find(|m| head.ends_with(m))?;
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let shown = if segs.get(1) == Some(&"kv") {
@@ -521,7 +565,10 @@ impl Fleet {
     }
 
     /// Starts `n` more agents on `url` (they start up concurrently).
-    fn spawn(&mut self, n: usize, url: &str) {
+    fn spawn(&mut self, n: usize, url: impl Fn(usize) -> String) {
+        // Store URLs first: the Consul proxy binds a port for each.
+        let first = self.agents.len();
+        let urls: Vec<String> = (first..first + n).map(url).collect();
         // Hold every port until all are picked: no two agents share one.
         let listeners: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
@@ -531,14 +578,14 @@ impl Fleet {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         drop(listeners);
-        for port in ports {
+        for (port, url) in ports.into_iter().zip(urls) {
             let i = self.agents.len();
             let node = format!("n{i:03}");
             let dir = self.root.path().join(&node);
             std::fs::create_dir_all(&dir).unwrap();
             let log = std::fs::File::create(dir.join("agent.log")).unwrap();
             let child = Command::new(env!("CARGO_BIN_EXE_cntnr-agent"))
-                .args(["--store", url, "--prefix", PREFIX, "--node", &node])
+                .args(["--store", &url, "--prefix", PREFIX, "--node", &node])
                 .arg("--state-dir")
                 .arg(&dir)
                 .arg("--runtime-root")
@@ -753,23 +800,33 @@ fn wait_nodes(server: &Server, fleet: &mut Fleet, n: usize) {
 
 fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Report {
     let mut fleet = Fleet::new();
-    let url = server.agent_url();
+    let url = |i| server.agent_url(i);
     let mut idle = Vec::new();
     let mut notes = Vec::new();
-    eprintln!("fleet/{}: starting {nodes} agents", server.name());
+    let (name, start) = (server.name(), Instant::now());
+    let say = |what: &str| eprintln!("fleet/{name} +{}s: {what}", start.elapsed().as_secs());
+    say(&format!("starting {nodes} agents"));
 
     // 1. Idle with no project, at half and at full size.
     let half = nodes / 2;
-    fleet.spawn(half, &url);
+    fleet.spawn(half, url);
     wait_nodes(&server, &mut fleet, half);
+    say("registered; idle window");
     idle.push(idle_window(&server, half, "0 projects", window));
-    fleet.spawn(nodes - half, &url);
+    fleet.spawn(nodes - half, url);
     wait_nodes(&server, &mut fleet, nodes);
     poll(Duration::from_millis(250), || server.leader()).expect("a leader");
+    say("all registered; idle window");
     idle.push(idle_window(&server, nodes, "0 projects", window));
+    if let Server::Consul(_, p) = &server {
+        notes.push(format!(
+            "{} connections open to Consul with {nodes} agents idle",
+            p.open()
+        ));
+    }
 
     // 2. Deploy: every project key written at once.
-    eprintln!("fleet/{}: deploying {PROJECTS} × {REPLICAS}", server.name());
+    say(&format!("deploying {PROJECTS} × {REPLICAS}"));
     let yaml = project_yaml(image);
     let total = PROJECTS * REPLICAS;
     let t0 = Instant::now();
@@ -796,6 +853,7 @@ fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Re
     }
 
     // 3. Idle with 20 projects, then with 1.
+    say("idle window");
     idle.push(idle_window(
         &server,
         nodes,
@@ -816,6 +874,7 @@ fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Re
     if gone.is_none() {
         notes.push("the 19 removed projects' status records were still there".into());
     }
+    say("19 projects removed; idle window");
     idle.push(idle_window(&server, nodes, "1 project", window));
 
     // 4. Failover.
@@ -827,7 +886,7 @@ fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Re
     let failover = match server.leader() {
         None => Err("no leader to kill".to_string()),
         Some(old) => {
-            eprintln!("fleet/{}: SIGKILL the leader {old}", server.name());
+            say(&format!("SIGKILL the leader {old}"));
             let t = Instant::now();
             fleet.kill(&old);
             poll(Duration::from_millis(100), || {
@@ -840,9 +899,11 @@ fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Re
     if !dead.is_empty() {
         notes.push(format!("agents that exited by themselves: {dead:?}"));
     }
+    say("stopping");
     drop(fleet);
     let store = server.name();
     drop(server);
+    say("stopped");
     Report {
         store,
         nodes,
@@ -953,7 +1014,7 @@ fn print(r: &Report) {
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
     let nodes = env_num("CNTNR_BENCH_FLEET_NODES", 100).max(2) as usize;
-    let window = Duration::from_secs(env_num("CNTNR_BENCH_IDLE_SECS", 20).max(1));
+    let window = Duration::from_secs(env_num("CNTNR_BENCH_IDLE_SECS", 30).max(1));
     let stores = std::env::var("CNTNR_BENCH_FLEET_STORES").unwrap_or_else(|_| "etcd,consul".into());
     let scratch = tempfile::Builder::new()
         .prefix("cntnr-fleet-image-")
