@@ -17,14 +17,22 @@
 #     (<deps>/podman-compose), the baseline of the agent bench
 #     (agent/benches/agent.rs), which finds it through CNTNR_PODMAN_COMPOSE.
 #
-# Idempotent. Arguments replace `--workspace` in the cargo call, e.g.
-# `scripts/bench.sh -p cntnr-reconcile --bench runtime`.
+# Without arguments, also the fleet bench (agent/benches/fleet.rs: 100
+# agents on an in-memory runtime against etcd and Consul), which
+# `--workspace` skips: it needs the agent's `bench-fake-runtime` feature.
+#
+# Idempotent. Arguments replace both cargo calls, e.g.
+# `scripts/bench.sh -p cntnr-reconcile --bench runtime` or
+# `scripts/bench.sh -p cntnr-agent --features bench-fake-runtime --bench fleet`.
 #
 # Environment:
 #   CNTNR_DEPS_DIR     as for install-deps.sh (default: <repo>/.deps)
 #   CNTNR_BENCH_ITERS  iterations per figure (runtime bench: default 10;
 #                      agent bench: default 20)
-#   CNTNR_BENCH_IDLE_SECS  the agent bench's idle window (default 60)
+#   CNTNR_BENCH_IDLE_SECS  the agent bench's idle window (default 60); the
+#                      fleet bench's idle windows (default 30 each)
+#   CNTNR_BENCH_FLEET_NODES  agents in the fleet bench (default 100)
+#   CNTNR_BENCH_FLEET_STORES the fleet bench's stores (default etcd,consul)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -140,9 +148,12 @@ main() {
   export PATH
   cd "$ROOT"
   if (($# == 0)); then
-    set -- --workspace
+    cargo bench --workspace
+    # Last: it builds cntnr-agent with the in-memory runtime.
+    cargo bench -p cntnr-agent --features bench-fake-runtime --bench fleet
+  else
+    cargo bench "$@"
   fi
-  cargo bench "$@"
 }
 
 main "$@"

@@ -992,6 +992,21 @@ fn print(r: &Report) {
             verdict(fo_ok)
         ),
     );
+    if r.store == "consul" {
+        // Consul's TTL is a lower bound: the server invalidates a session
+        // up to 2 × TTL after its last renewal (Chubby's contract).
+        let bound = 2 * SESSION_TTL + CONSUL_LOCK_DELAY + Duration::from_secs(1);
+        let ok = r.failover.as_ref().is_ok_and(|d| *d < bound);
+        row(
+            "  the same, with Consul's TTL (up to 2 × TTL)",
+            String::new(),
+            format!(
+                "< {} s (2 × TTL + lock-delay + 1 s): {}",
+                bound.as_secs(),
+                verdict(ok)
+            ),
+        );
+    }
     for i in &r.idle {
         let top: Vec<String> = i
             .kinds

@@ -59,6 +59,10 @@ impl Host {
         cfg.shim = shim_binary(state_dir)?;
         let runc = Runc::new(cfg)
             .with_context(|| format!("preparing the runc root {}", runtime_root.display()))?;
+        #[cfg(feature = "bench-fake-runtime")]
+        tracing::warn!(
+            "built with bench-fake-runtime: containers are simulated in memory, nothing runs"
+        );
         let net =
             super::network::Net::new(state_dir, !crate::store::rootless(), policy.subnet_pool)?;
         Ok(Host {
