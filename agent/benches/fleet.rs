@@ -569,17 +569,19 @@ struct AgentProc {
 /// Every agent of one run; killed (and their bundles unmounted) on drop.
 struct Fleet {
     agents: Vec<AgentProc>,
+    binary: PathBuf,
     root: tempfile::TempDir,
 }
 
 impl Fleet {
-    fn new() -> Fleet {
+    fn new(binary: &Path) -> Fleet {
         let root = tempfile::Builder::new()
             .prefix("cntnr-fleet-")
             .tempdir()
             .expect("tempdir");
         Fleet {
             agents: Vec::new(),
+            binary: binary.to_path_buf(),
             root,
         }
     }
@@ -604,7 +606,7 @@ impl Fleet {
             let dir = self.root.path().join(&node);
             std::fs::create_dir_all(&dir).unwrap();
             let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_cntnr-agent"))
+            let child = Command::new(&self.binary)
                 .args(["--store", &url, "--prefix", PREFIX, "--node", &node])
                 .arg("--state-dir")
                 .arg(&dir)
@@ -818,8 +820,8 @@ fn wait_nodes(server: &Server, fleet: &mut Fleet, n: usize) {
     }
 }
 
-fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Report {
-    let mut fleet = Fleet::new();
+fn run_store(server: Server, nodes: usize, window: Duration, image: &Path, agent: &Path) -> Report {
+    let mut fleet = Fleet::new(agent);
     let url = |i| server.agent_url(i);
     let mut idle = Vec::new();
     let mut notes = Vec::new();
@@ -831,6 +833,11 @@ fn run_store(server: Server, nodes: usize, window: Duration, image: &Path) -> Re
     let half = nodes / 2;
     fleet.spawn(half, url);
     wait_nodes(&server, &mut fleet, half);
+    let log = std::fs::read_to_string(fleet.agents[0].dir.join("agent.log")).unwrap_or_default();
+    assert!(
+        log.contains("bench-fake-runtime"),
+        "cntnr-agent was not built with bench-fake-runtime (rebuilt meanwhile?); its log:\n{log}"
+    );
     say("registered; idle window");
     idle.push(idle_window(&server, half, "0 projects", window));
     fleet.spawn(nodes - half, url);
@@ -995,10 +1002,14 @@ fn print(r: &Report) {
         );
     }
     if let [half, full, ..] = &r.idle[..] {
-        let ratio = full.per_node() / half.per_node().max(1e-9);
+        let ratio = if half.per_sec > 0.0 {
+            format!("{:.2}×", full.per_node() / half.per_node())
+        } else {
+            "n/a (no request)".to_string()
+        };
         row(
             &format!("idle per node, {} ÷ {} nodes", full.nodes, half.nodes),
-            format!("{ratio:.2}×"),
+            ratio,
             "≈1× (linear in nodes)".into(),
         );
     }
@@ -1056,6 +1067,10 @@ fn main() {
         .tempdir()
         .expect("tempdir");
     let image = tiny_image(scratch.path());
+    // A copy: another cargo command in this checkout may rebuild
+    // target/release/cntnr-agent without the feature while this runs.
+    let agent = scratch.path().join("cntnr-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_cntnr-agent"), &agent).expect("copying cntnr-agent");
     for store in stores.split(',').map(str::trim) {
         let server = match store {
             "etcd" => Server::Etcd(Etcd::start()),
@@ -1067,7 +1082,7 @@ fn main() {
             }
             other => panic!("CNTNR_BENCH_FLEET_STORES: unknown store {other:?}"),
         };
-        let r = run_store(server, nodes, window, &image);
+        let r = run_store(server, nodes, window, &image, &agent);
         print(&r);
     }
 }
