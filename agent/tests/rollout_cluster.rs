@@ -365,7 +365,8 @@ fn status_hashes(s: &TestStore, agents: &[Agent], project: &str) -> BTreeMap<u64
 /// Waits until the leader recorded the project fully healthy (the
 /// schedule has a `healthy_spec` and no rollout in progress, or only a
 /// finished one with `phase`), all four replicas pass in Consul on one
-/// hash, and the status records agree; returns that hash.
+/// hash, and the status records agree (hash, and registry `passing`);
+/// returns that hash.
 fn settled(
     s: &TestStore,
     agents: &[Agent],
@@ -389,8 +390,24 @@ fn settled(
         }
         let h = hashes.into_iter().next().unwrap().clone();
         let st = status_hashes(s, agents, project);
-        (st.len() == REPLICAS && st.values().all(|x| *x == h)).then_some(h)
+        // Each status record also says its entry is written passing (what
+        // the leader waits for before the next step).
+        let registry = status_registry(s, agents, project);
+        (st.len() == REPLICAS
+            && st.values().all(|x| *x == h)
+            && registry == BTreeSet::from(["passing".to_string()]))
+        .then_some(h)
     })
+}
+
+/// The `registry` field of every container in the project's status records.
+fn status_registry(s: &TestStore, agents: &[Agent], project: &str) -> BTreeSet<String> {
+    agents
+        .iter()
+        .filter_map(|a| status_record(s, project, &a.node))
+        .flat_map(|st| st["containers"].as_array().cloned().unwrap_or_default())
+        .map(|c| c["registry"].as_str().unwrap_or("absent").to_string())
+        .collect()
 }
 
 /// Running replicas everywhere: container id → (node, init pid).

@@ -128,6 +128,19 @@ pub enum Health {
     Unhealthy,
 }
 
+/// A registered container's check status in the registry, as the agent
+/// last wrote it (Consul's spelling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// Listed as passing: load balancers send it traffic.
+    Passing,
+    /// Serving, degraded.
+    Warning,
+    /// Not serving.
+    Critical,
+}
+
 /// The longest health check output a [`ContainerStatus`] carries.
 pub const HEALTH_OUTPUT_MAX: usize = 512;
 
@@ -156,6 +169,12 @@ pub struct ContainerStatus {
     /// [`HEALTH_OUTPUT_MAX`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_output: Option<String>,
+    /// Its registry entry's check status as last written, for a registered
+    /// container (`None`: not registered, or not written yet). A rolling
+    /// update waits for `passing` here, not only for `health`, so a
+    /// replica counts as up only once load balancers can see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<CheckStatus>,
     /// Restarts since creation.
     #[serde(default)]
     pub restarts: u32,
@@ -406,6 +425,7 @@ mod tests {
                 health: Health::Healthy,
                 failing_streak: 1,
                 health_output: Some("HTTP 200".into()),
+                registry: Some(CheckStatus::Passing),
                 restarts: 2,
                 exit_code: Some(137),
                 last_error: Some("oom".into()),
@@ -429,6 +449,7 @@ mod tests {
         assert_eq!(j["containers"][0]["health"], "healthy");
         assert_eq!(j["containers"][0]["failing_streak"], 1);
         assert_eq!(j["containers"][0]["health_output"], "HTTP 200");
+        assert_eq!(j["containers"][0]["registry"], "passing");
     }
 
     #[test]

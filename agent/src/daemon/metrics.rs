@@ -166,8 +166,8 @@ impl Metrics {
         let schedule_fenced_out = Counter::default();
         registry.register(
             "schedule_writes_fenced_out",
-            "Schedule writes of this agent as leader that the store rejected because its \
-             leadership had ended (a deposed or frozen leader's late write)",
+            "Schedule writes and clean-up deletes of this agent as leader that the store \
+             rejected because its leadership had ended (a deposed or frozen leader's late write)",
             schedule_fenced_out.clone(),
         );
         Metrics {

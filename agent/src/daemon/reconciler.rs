@@ -1163,6 +1163,7 @@ impl Engine {
                 health,
                 failing_streak,
                 health_output,
+                registry: self.health.registry_status(&c.id),
                 restarts: memo.restart.restarts,
                 exit_code: if c.status == Status::Stopped {
                     memo.exit_code
@@ -1205,6 +1206,7 @@ impl Engine {
                     health: Health::None,
                     failing_streak: 0,
                     health_output: None,
+                    registry: None,
                     restarts: 0,
                     exit_code: None,
                     last_error: why,

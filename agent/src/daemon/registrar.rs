@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use cntnr_kv::{DynStore, Registration, Session};
-use cntnr_model::records::{Health, HEALTH_OUTPUT_MAX};
+use cntnr_model::records::{CheckStatus, Health, HEALTH_OUTPUT_MAX};
 use cntnr_model::{NetworkMode, NodeName, Project, ProjectName, ServiceName, ServiceSpec};
 use cntnr_reconcile::runtime::{annotations, ContainerId, ContainerState, Runtime, Status};
 use tokio::sync::{mpsc, watch};
@@ -133,6 +133,9 @@ pub struct Supervisor {
     rev: watch::Sender<u64>,
     /// Instance ids the registry writer has registered in this session.
     written: watch::Sender<BTreeSet<String>>,
+    /// Instance id → the check status the writer last wrote this session
+    /// (shown in status records, see [`Supervisor::registry_status`]).
+    published: Mutex<BTreeMap<String, cntnr_kv::Health>>,
     /// Whether a registry writer runs (a store session exists).
     writing: std::sync::atomic::AtomicBool,
     triggers: Mutex<Option<mpsc::UnboundedSender<ProjectName>>>,
@@ -165,6 +168,7 @@ impl Supervisor {
             hints: Mutex::new(hints),
             rev: watch::channel(0).0,
             written: watch::channel(BTreeSet::new()).0,
+            published: Mutex::new(BTreeMap::new()),
             writing: std::sync::atomic::AtomicBool::new(false),
             triggers: Mutex::new(None),
         });
@@ -651,6 +655,7 @@ impl Supervisor {
                     }
                 };
                 Some(Desired {
+                    project: t.project.clone(),
                     entry: e,
                     health,
                     output,
@@ -673,6 +678,40 @@ impl Supervisor {
         }
     }
 
+    /// The check status this session last wrote for a followed
+    /// container's registry entry; `None` if it has no entry or none was
+    /// written yet.
+    pub fn registry_status(&self, id: &ContainerId) -> Option<CheckStatus> {
+        let instance = lock(&self.tracked).get(id)?.entry.as_ref()?.id.clone();
+        lock(&self.published).get(&instance).map(|h| match h {
+            cntnr_kv::Health::Passing => CheckStatus::Passing,
+            cntnr_kv::Health::Warning => CheckStatus::Warning,
+            cntnr_kv::Health::Critical => CheckStatus::Critical,
+        })
+    }
+
+    /// Records what the writer wrote for `instance` (`None`: removed); a
+    /// change re-runs `project`'s pass, so its status record shows it.
+    fn publish(
+        &self,
+        instance: &str,
+        project: Option<&ProjectName>,
+        health: Option<cntnr_kv::Health>,
+    ) {
+        let changed = {
+            let mut p = lock(&self.published);
+            match health {
+                Some(h) => p.insert(instance.to_string(), h) != Some(h),
+                None => p.remove(instance).is_some(),
+            }
+        };
+        if let (true, Some(project)) = (changed, project) {
+            if let Some(tx) = lock(&self.triggers).as_ref() {
+                let _ = tx.send(project.clone());
+            }
+        }
+    }
+
     /// The service name of a followed container (for logs).
     pub fn service_of(&self, id: &ContainerId) -> Option<ServiceName> {
         lock(&self.tracked).get(id).map(|t| t.service.clone())
@@ -692,6 +731,7 @@ fn cap(s: &str, max: usize) -> String {
 
 /// One entry as it should be in the registry.
 struct Desired {
+    project: ProjectName,
     entry: Registration,
     health: cntnr_kv::Health,
     output: String,
@@ -747,6 +787,7 @@ pub async fn run(
     sup.writing
         .store(false, std::sync::atomic::Ordering::SeqCst);
     sup.written.send_replace(BTreeSet::new());
+    lock(&sup.published).clear();
     Ok(())
 }
 
@@ -772,6 +813,7 @@ async fn write(
             Ok(()) => {
                 tracing::info!(service = %name, instance = %id, "deregistered");
                 written.remove(&id);
+                sup.publish(&id, None, None);
             }
             Err(e) => {
                 failed = true;
@@ -780,6 +822,7 @@ async fn write(
         }
     }
     for Desired {
+        project,
         entry,
         health,
         output,
@@ -809,6 +852,7 @@ async fn write(
                 continue;
             }
             tracing::info!(service = %entry.name, instance = %id, address = %entry.address, port = entry.port, "registered");
+            sup.publish(&id, Some(&project), Some(health));
             written.insert(
                 id.clone(),
                 Written {
@@ -837,6 +881,7 @@ async fn write(
                     }
                 }
                 w.health = Some(health);
+                sup.publish(&id, Some(&project), Some(health));
             }
             Err(e) => {
                 failed = true;

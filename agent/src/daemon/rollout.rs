@@ -49,7 +49,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
 use cntnr_kv::{DynStore, EventKind, WatchFrom};
-use cntnr_model::records::{ContainerState, Health, ScheduleRecord, StatusRecord};
+use cntnr_model::records::{
+    CheckStatus, ContainerState, ContainerStatus, Health, ScheduleRecord, StatusRecord,
+};
 use cntnr_model::rollout::Step;
 use cntnr_model::{
     load_stored, ConfigHash, HealthTest, NodeName, Project, ProjectName, Replica, ServiceName,
@@ -196,6 +198,7 @@ impl Leader {
                         .collect()
                 })
                 .unwrap_or_default();
+            let registered = crate::registration::is_registered(spec);
             let observed: BTreeMap<u32, Observed> = placed
                 .iter()
                 .chain(surge_at.iter().filter(|(r, _)| !placed.contains_key(r)))
@@ -210,7 +213,7 @@ impl Leader {
                         Observed {
                             hash: c.config_hash.clone(),
                             state: c.state,
-                            health: c.health,
+                            health: visible_health(c, registered),
                             exit_code: c.exit_code,
                         },
                     ))
@@ -341,13 +344,33 @@ impl Leader {
         prev.is_none_or(|p| p.rollouts != rec.rollouts || p.healthy_spec != rec.healthy_spec)
     }
 
-    /// Deletes the `rollback/<project>` requests the last passes served.
-    pub async fn served(&mut self, store: &DynStore, prefix: &cntnr_model::Prefix) -> Result<()> {
+    /// The `rollback/<project>` request keys the last passes served, for
+    /// the leader to delete (fenced). Taken: a failed delete leaves the
+    /// request, which a later pass serves (idempotently) again.
+    pub fn take_served(&mut self, prefix: &cntnr_model::Prefix) -> Vec<String> {
         let dir = prefix.rollback_dir();
-        for p in std::mem::take(&mut self.served) {
-            store.delete(&format!("{dir}{p}")).await?;
-        }
-        Ok(())
+        std::mem::take(&mut self.served)
+            .into_iter()
+            .map(|p| format!("{dir}{p}"))
+            .collect()
+    }
+}
+
+/// A replica's health as a rollout judges it: a registered replica whose
+/// registry entry is not yet written passing counts as still starting,
+/// however healthy its check is, so the next replica is taken down only
+/// once load balancers list this one (the check result and the registry
+/// write race otherwise). Failures pass through unchanged.
+fn visible_health(c: &ContainerStatus, registered: bool) -> Health {
+    let up = matches!(c.health, Health::Healthy | Health::None);
+    if registered
+        && up
+        && c.state == ContainerState::Running
+        && c.registry != Some(CheckStatus::Passing)
+    {
+        Health::Starting
+    } else {
+        c.health
     }
 }
 
@@ -532,6 +555,54 @@ pub fn progress_lines(rec: &ScheduleRecord) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registered_replica_is_ready_only_once_its_entry_is_passing() {
+        let c: ContainerStatus = serde_json::from_value(serde_json::json!({
+            "id": "p-web-1", "service": "web", "replica": 1, "state": "running",
+            "health": "healthy",
+            "config_hash": format!("v1-{}", "0".repeat(64)),
+        }))
+        .unwrap();
+        let with = |health: Health, registry: Option<CheckStatus>| ContainerStatus {
+            health,
+            registry,
+            ..c.clone()
+        };
+        // Not written yet, or written critical: still starting.
+        assert_eq!(
+            visible_health(&with(Health::Healthy, None), true),
+            Health::Starting
+        );
+        let critical = Some(CheckStatus::Critical);
+        assert_eq!(
+            visible_health(&with(Health::Healthy, critical), true),
+            Health::Starting
+        );
+        assert_eq!(
+            visible_health(&with(Health::None, critical), true),
+            Health::Starting
+        );
+        // Passing: as its check says.
+        let passing = Some(CheckStatus::Passing);
+        assert_eq!(
+            visible_health(&with(Health::Healthy, passing), true),
+            Health::Healthy
+        );
+        assert_eq!(
+            visible_health(&with(Health::None, passing), true),
+            Health::None
+        );
+        // Failures pass through; unregistered services are not gated.
+        assert_eq!(
+            visible_health(&with(Health::Unhealthy, passing), true),
+            Health::Unhealthy
+        );
+        assert_eq!(
+            visible_health(&with(Health::Healthy, None), false),
+            Health::Healthy
+        );
+    }
 
     fn project(v: u32) -> (Project, String) {
         let text = format!(

@@ -470,26 +470,38 @@ async fn place_all(
     }
     for p in deletes {
         let key = StoreKey::Schedule(p.clone()).render(&shared.prefix);
-        store
-            .delete(&key)
-            .await
-            .map_err(|e| PlaceError::Store(e.into()))?;
+        delete_fenced(store, &key, leadership, shared).await?;
         written.remove(&p);
         tracing::info!(project = %p, "schedule of a removed project deleted");
     }
-    rollout
-        .served(store, &shared.prefix)
-        .await
-        .map_err(PlaceError::Store)?;
+    for key in rollout.take_served(&shared.prefix) {
+        delete_fenced(store, &key, leadership, shared).await?;
+    }
     let rdir = shared.prefix.rebalance_dir();
     for p in served {
-        store
-            .delete(&format!("{rdir}{p}"))
-            .await
-            .map_err(|e| PlaceError::Store(e.into()))?;
+        delete_fenced(store, &format!("{rdir}{p}"), leadership, shared).await?;
         rebalance.remove(&p);
     }
     Ok(recheck_at)
+}
+
+/// A leader's clean-up delete, conditional on its leadership like its
+/// schedule writes: a deposed leader's late delete is rejected by the store.
+async fn delete_fenced(
+    store: &DynStore,
+    key: &str,
+    leadership: &Leadership,
+    shared: &Shared,
+) -> Result<(), PlaceError> {
+    match store.delete_fenced(key, leadership).await {
+        Ok(()) => Ok(()),
+        Err(e @ cntnr_kv::Error::FencedOut { .. }) => {
+            shared.metrics.schedule_fenced_out();
+            tracing::warn!(key, token = leadership.token, error = %e, "leader clean-up delete rejected: fenced out");
+            Err(PlaceError::Fenced(anyhow::anyhow!(e)))
+        }
+        Err(e) => Err(PlaceError::Store(e.into())),
+    }
 }
 
 #[cfg(test)]
