@@ -4,7 +4,10 @@
 //! Writes go through `/v1/txn` so every write returns its index in one round
 //! trip. Watches are one blocking recurse query at a time, diffed against
 //! the previous result. Sessions have behavior `delete` so bound keys vanish
-//! with them; locks are KV `acquire`/`release`; the fencing token is the
+//! with them, and are tied to a liveness service of their own on the local
+//! agent whose TTL check the keepalive passes, so a dead holder's session
+//! is invalidated one TTL after its last renewal (Consul's own session TTL
+//! allows up to two); locks are KV `acquire`/`release`; the fencing token is the
 //! lock key's `ModifyIndex` at acquire, checked with `check-session` +
 //! `check-index` in the fenced write's (and fenced delete's) txn. The
 //! registry is the local agent's service/check API (`/v1/agent/services`
@@ -453,13 +456,160 @@ impl LevelSource for ConsulLevel {
     }
 }
 
-struct ConsulSession {
-    c: ConsulClient,
+/// Name of the service every cntnr session registers with the local agent
+/// for its liveness check (see [`ConsulStore::create_session`]). Its
+/// instances carry [`LIVENESS_META`]; they are not registry entries.
+pub const LIVENESS_SERVICE: &str = "cntnr-agent";
+
+/// Meta key (value `session-liveness`) marking an instance of
+/// [`LIVENESS_SERVICE`] as a session's liveness service.
+pub const LIVENESS_META: &str = "cntnr-role";
+
+/// A session's liveness service on the local agent: one instance of
+/// [`LIVENESS_SERVICE`] with a TTL check the session's keepalive passes.
+#[derive(Debug)]
+struct Liveness {
+    service_id: String,
+    check_id: String,
 }
 
-#[async_trait]
-impl SessionOps for ConsulSession {
-    async fn renew(&self, id: &str) -> Result<bool> {
+impl Liveness {
+    /// Removes the service and its check (idempotent). Removing the check
+    /// invalidates a session still tied to it.
+    async fn deregister(&self, c: &ConsulClient) -> Result<()> {
+        c.send(
+            &format!("deregistering session liveness service {}", self.service_id),
+            c.req(
+                Method::PUT,
+                &format!(
+                    "/v1/agent/service/deregister/{}",
+                    enc_path(&self.service_id)
+                ),
+            ),
+            &[StatusCode::NOT_FOUND],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Passes the TTL check. `Ok(false)`: the agent no longer has it (its
+    /// removal invalidates the session).
+    async fn pass(&self, c: &ConsulClient) -> Result<bool> {
+        let r = c
+            .send(
+                "passing the session's liveness check",
+                c.req(
+                    Method::PUT,
+                    &format!("/v1/agent/check/pass/{}", enc_path(&self.check_id)),
+                ),
+                &[StatusCode::NOT_FOUND],
+            )
+            .await;
+        match r {
+            Ok(resp) => Ok(resp.status() != StatusCode::NOT_FOUND),
+            // Consul 1.8 answers 500 for a check it does not hold.
+            Err(Error::Server { message, .. })
+                if message.contains("does not have associated TTL") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl ConsulStore {
+    /// Registers a new liveness service for a session about to be created:
+    /// a unique instance of [`LIVENESS_SERVICE`] (so cntnr agents sharing
+    /// one Consul agent never collide) whose TTL check — passing now, TTL
+    /// = the session's — the keepalive passes with every renewal. A Consul
+    /// agent marks a TTL check critical as soon as its TTL lapses, and a
+    /// critical check invalidates the sessions tied to it at once, while a
+    /// session's own TTL lapses anywhere up to 2 × TTL after its last
+    /// renewal. A service check, never a node check: a critical node check
+    /// would fail every service of the node. A dead holder's service is
+    /// reaped by the agent 1 min (Consul's minimum) after it turned critical.
+    async fn register_liveness(&self, ttl: Duration) -> Result<Liveness> {
+        let node = self.local_node().await?.to_string();
+        let service_id = format!(
+            "{LIVENESS_SERVICE}-{:016x}{:016x}",
+            fastrand::u64(..),
+            fastrand::u64(..)
+        );
+        let check_id = format!("service:{service_id}");
+        let body = json!({
+            "ID": service_id,
+            "Name": LIVENESS_SERVICE,
+            "Meta": {LIVENESS_META: "session-liveness", "cntnr-consul-node": node},
+            "Check": {
+                "CheckID": check_id,
+                "Name": "cntnr session liveness",
+                "TTL": format!("{}ms", ttl.as_millis()),
+                "Status": "passing",
+                "DeregisterCriticalServiceAfter": "1m",
+            },
+        });
+        self.c
+            .send(
+                &format!("registering session liveness service {service_id}"),
+                self.c
+                    .req(Method::PUT, "/v1/agent/service/register")
+                    .json(&body),
+                &[],
+            )
+            .await?;
+        Ok(Liveness {
+            service_id,
+            check_id,
+        })
+    }
+
+    /// `PUT /v1/session/create`; the new session's id. A just-registered
+    /// check the servers do not know yet (`Missing check`: the agent's sync
+    /// of it has not landed) is retried for a few seconds.
+    async fn create_session_retrying(&self, body: &serde_json::Value) -> Result<String> {
+        let mut wait = Duration::from_millis(100);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = self
+                .c
+                .send(
+                    "creating session",
+                    self.c.req(Method::PUT, "/v1/session/create").json(body),
+                    &[],
+                )
+                .await;
+            let resp = match r {
+                Err(Error::Server { message, .. })
+                    if message.contains("Missing check") && Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                r => r?,
+            };
+            let v: serde_json::Value = ConsulClient::json("creating session", resp).await?;
+            let id = v["ID"].as_str().unwrap_or_default().to_string();
+            if id.is_empty() {
+                return Err(Error::Decode {
+                    what: "session create response".into(),
+                    message: v.to_string(),
+                });
+            }
+            return Ok(id);
+        }
+    }
+}
+
+struct ConsulSession {
+    c: ConsulClient,
+    /// `None` when the token could not register it (TTL only).
+    liveness: Option<Liveness>,
+}
+
+impl ConsulSession {
+    async fn renew_session(&self, id: &str) -> Result<bool> {
         let resp = self
             .c
             .send(
@@ -470,17 +620,55 @@ impl SessionOps for ConsulSession {
             .await?;
         Ok(resp.status() != StatusCode::NOT_FOUND)
     }
+}
 
+#[async_trait]
+impl SessionOps for ConsulSession {
+    /// Renews the session and passes its liveness check, together: alive
+    /// only when both succeed; gone when either is gone.
+    async fn renew(&self, id: &str) -> Result<bool> {
+        let Some(l) = &self.liveness else {
+            return self.renew_session(id).await;
+        };
+        let (check, session) = tokio::join!(l.pass(&self.c), self.renew_session(id));
+        let gone = if matches!(session, Ok(false)) {
+            true
+        } else if !check? {
+            tracing::warn!(session = %id, check = %l.check_id,
+                "the session's liveness check is gone from the Consul agent");
+            true
+        } else {
+            false
+        };
+        if gone {
+            // Nothing to keep it for: remove it now rather than leave it
+            // critical until the agent reaps it.
+            if let Err(e) = l.deregister(&self.c).await {
+                tracing::debug!(service = %l.service_id, error = %e,
+                    "removing a lost session's liveness service failed; the agent reaps it");
+            }
+            return Ok(false);
+        }
+        session
+    }
+
+    /// Destroys the session, then removes its liveness service.
     async fn revoke(&self, id: &str) -> Result<()> {
-        self.c
+        let destroyed = self
+            .c
             .send(
                 "destroying session",
                 self.c
                     .req(Method::PUT, &format!("/v1/session/destroy/{id}")),
                 &[],
             )
-            .await?;
-        Ok(())
+            .await;
+        let deregistered = match &self.liveness {
+            Some(l) => l.deregister(&self.c).await,
+            None => Ok(()),
+        };
+        destroyed?;
+        deregistered
     }
 }
 
@@ -805,32 +993,49 @@ impl Store for ConsulStore {
                 retryable: false,
             });
         }
-        let body = json!({
+        let liveness = match self.register_liveness(ttl).await {
+            Ok(l) => Some(l),
+            Err(Error::Auth { op, message }) => {
+                // A token that may hold sessions but not register the
+                // liveness service: the session works, only its failover
+                // falls back to Consul's own TTL (up to 2 × TTL).
+                tracing::warn!(%op, error = %message,
+                    "the ACL token cannot register the session's liveness service; \
+                     a dead holder's session now lasts up to twice its TTL");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut body = json!({
             "Name": "cntnr",
             "TTL": format!("{}s", ttl.as_secs()),
             "Behavior": "delete",
             "LockDelay": format!("{}ms", self.lock_delay.as_millis()),
         });
-        let resp = self
-            .c
-            .send(
-                "creating session",
-                self.c.req(Method::PUT, "/v1/session/create").json(&body),
-                &[],
-            )
-            .await?;
-        let v: serde_json::Value = ConsulClient::json("creating session", resp).await?;
-        let id = v["ID"].as_str().unwrap_or_default().to_string();
-        if id.is_empty() {
-            return Err(Error::Decode {
-                what: "session create response".into(),
-                message: v.to_string(),
-            });
+        if let Some(l) = &liveness {
+            // Consul 1.7+: node checks and service checks are separate
+            // lists; giving either replaces the default `serfHealth`, so
+            // it is named again.
+            body["NodeChecks"] = json!(["serfHealth"]);
+            body["ServiceChecks"] = json!([{"ID": l.check_id}]);
         }
+        let created = self.create_session_retrying(&body).await;
+        let id = match created {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(l) = &liveness {
+                    let _ = l.deregister(&self.c).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Session::start(
             id,
             ttl,
-            Arc::new(ConsulSession { c: self.c.clone() }),
+            Arc::new(ConsulSession {
+                c: self.c.clone(),
+                liveness,
+            }),
         ))
     }
 
@@ -1060,6 +1265,8 @@ impl Store for ConsulStore {
         #[serde(rename_all = "PascalCase")]
         struct AgentService {
             service: String,
+            #[serde(default)]
+            meta: Option<BTreeMap<String, String>>,
         }
         let op = "listing the local agent's services";
         let resp = self
@@ -1067,7 +1274,18 @@ impl Store for ConsulStore {
             .send(op, self.c.req(Method::GET, "/v1/agent/services"), &[])
             .await?;
         let services: BTreeMap<String, AgentService> = ConsulClient::json(op, resp).await?;
-        Ok(services.into_values().map(|s| s.service).collect())
+        // Sessions' liveness services are not registry entries.
+        Ok(services
+            .into_values()
+            .filter(|s| {
+                s.meta
+                    .as_ref()
+                    .and_then(|m| m.get(LIVENESS_META))
+                    .map(String::as_str)
+                    != Some("session-liveness")
+            })
+            .map(|s| s.service)
+            .collect())
     }
 
     fn watch_service(&self, name: &str, passing_only: bool) -> ServiceStream {
