@@ -1064,8 +1064,11 @@ impl Store for ConsulStore {
     async fn campaign(&self, session: &Session, key: &str, value: &[u8]) -> Result<Leadership> {
         check_key(key)?;
         // Lock-delay waits grow from 250ms to the configured lock-delay: a
-        // timer, never a request loop.
+        // timer, never a request loop. A lock-delay every cntnr session
+        // shares (ours) ends at most that long after the key was first
+        // seen free yet refused, so the waits also wake right after that.
         let mut delay_wait = Duration::from_millis(250);
+        let mut refused_since: Option<Instant> = None;
         loop {
             session.ensure_alive()?;
             if self.try_acquire(session, key, value).await? {
@@ -1088,6 +1091,7 @@ impl Store for ConsulStore {
                 Some(p) if p.session.is_some() => {
                     // Held by someone else: block until the key changes.
                     delay_wait = Duration::from_millis(250);
+                    refused_since = None;
                     tokio::select! {
                         _ = session.lost() => return Err(Error::SessionLost { id: session.id().into() }),
                         r = self.c.kv_get(key, true, Some((index, self.jittered_wait()))) => { r?; }
@@ -1096,10 +1100,19 @@ impl Store for ConsulStore {
                 _ => {
                     // Free, yet acquire failed: the lock-delay of the previous
                     // holder's invalidated session is running.
-                    tracing::debug!(%key, ?delay_wait, "lock-delay in effect; waiting");
+                    let now = Instant::now();
+                    let delay_end = *refused_since.get_or_insert(now)
+                        + self.lock_delay
+                        + Duration::from_millis(50);
+                    let wake = if delay_end > now {
+                        (now + delay_wait).min(delay_end)
+                    } else {
+                        now + delay_wait // a longer lock-delay than ours
+                    };
+                    tracing::debug!(%key, wait = ?wake - now, "lock-delay in effect; waiting");
                     tokio::select! {
                         _ = session.lost() => return Err(Error::SessionLost { id: session.id().into() }),
-                        _ = tokio::time::sleep(delay_wait) => {}
+                        _ = tokio::time::sleep_until(wake) => {}
                     }
                     delay_wait =
                         (delay_wait * 2).min(self.lock_delay.max(Duration::from_millis(250)));
