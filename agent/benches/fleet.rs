@@ -36,33 +36,32 @@
 //! failure too; the servers stop with their guards.
 //!
 //! Measured on the 2-core development machine (100 agents, 30 s windows,
-//! two runs on 2026-11-29, the range where they differ):
+//! 2026-11-29, after Consul sessions were tied to a liveness check and idle
+//! contenders stopped re-acquiring; etcd from the same day's run):
 //!
 //! ```text
 //!                                          etcd 3.5        Consul 1.8.7      goal
-//! deploy → schedules written               0.98–1.54 s     1.48–1.64 s
-//! deploy → 200 replicas running            1.65–2.60 s     2.25–2.57 s       < 5 s
-//! idle req/s, 50 nodes, 0 projects         10.0 (0.200/n)  10.0 (0.200/n)
-//! idle req/s, 100 nodes, 0 projects        20.0 (0.200/n)  26.6 (0.266/n)
-//! idle req/s, 100 nodes, 20 projects       20.0 (0.200/n)  26.7 (0.267/n)
-//! idle req/s, 100 nodes, 1 project         20.0 (0.200/n)  26.2–26.4
-//! per node, 20 ÷ 1 projects                1.00×           1.01–1.02×        ≈1×, not ≈20×
-//! leader failover (SIGKILL → new holder)   11.2–12.1 s     41.1–45.7 s       < 16 s / < 31 s
+//! deploy → schedules written               1.01 s          1.25 s
+//! deploy → 200 replicas running            1.47 s          1.99 s            < 5 s
+//! idle req/s, 50 nodes, 0 projects         10.0 (0.200/n)  20.0 (0.400/n)
+//! idle req/s, 100 nodes, 0 projects        20.0 (0.200/n)  43.3 (0.433/n)
+//! idle req/s, 100 nodes, 20 projects       20.0 (0.200/n)  43.4 (0.434/n)
+//! idle req/s, 100 nodes, 1 project         20.0 (0.200/n)  43.3 (0.433/n)
+//! per node, 20 ÷ 1 projects                1.00×           1.00×             ≈1×, not ≈20×
+//! leader failover (SIGKILL → new holder)   12.05 s         25.5–29.9 s       < 16 s / < 31 s
 //! ```
 //!
 //! Idle on etcd is one lease keep-alive per agent every 5 s (TTL / 3);
-//! watches are streams and cost nothing while quiet. On Consul it is the
-//! session renewal every 5 s, plus, per agent and minute, the 60 s
-//! blocking reads of `leader` (the follower's and the campaign's) timing
-//! out and the campaign's acquire attempt (`PUT ?acquire`) that follows:
-//! 0.067/s per node, which 30 s windows sample unevenly (the 50-node
-//! window ends before the first agents' first minute: 0.200/node). No
-//! figure grows with the project count. Consul misses the failover goal:
-//! it invalidates a session between TTL and 2 × TTL after its last
-//! renewal, so the bound there is 2 × 15 + 15 + 1 = 46 s, which it meets
-//! only just: the session goes 25–30 s after the kill (renewals every 5 s),
-//! the lock-delay adds 15 s, and the campaign's doubling waits (0.25 s up
-//! to the lock-delay) try again up to 0.75 s after it ends.
+//! watches are streams and cost nothing while quiet. On Consul it is, per
+//! agent every 5 s, the session renewal and the pass of the session's
+//! liveness check (a local agent call that reaches the servers only on a
+//! change), plus, per agent and minute, the two 60 s blocking reads of
+//! `leader` (the follower's and the campaign's) timing out and waiting
+//! again: 0.033/s per node, which 30 s windows sample unevenly. No figure
+//! grows with the project count. Consul failover: the session dies with its
+//! liveness check one TTL (15 s) after the last renewal, so 10–15 s after
+//! the kill (renewals every 5 s), then the 15 s lock-delay; before that
+//! check, Consul's own TTL (invalidation up to 2 × TTL) gave 41–46 s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

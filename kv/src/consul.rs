@@ -1089,12 +1089,24 @@ impl Store for ConsulStore {
             let (pair, index) = self.c.kv_get(key, true, None).await?;
             match pair {
                 Some(p) if p.session.is_some() => {
-                    // Held by someone else: block until the key changes.
+                    // Held by someone else: block until it is released. A
+                    // wait that times out (or sees a change) with the key
+                    // still held waits again without an acquire attempt,
+                    // which would be a Raft write per idle contender.
                     delay_wait = Duration::from_millis(250);
                     refused_since = None;
-                    tokio::select! {
-                        _ = session.lost() => return Err(Error::SessionLost { id: session.id().into() }),
-                        r = self.c.kv_get(key, true, Some((index, self.jittered_wait()))) => { r?; }
+                    let mut index = index;
+                    loop {
+                        let (pair, next) = tokio::select! {
+                            _ = session.lost() => return Err(Error::SessionLost { id: session.id().into() }),
+                            r = self.c.kv_get(key, true, Some((index, self.jittered_wait()))) => r?,
+                        };
+                        if pair.is_none_or(|p| p.session.is_none()) {
+                            break;
+                        }
+                        // Consul's index may go backwards (a reset): then
+                        // start over from 0 as its docs say.
+                        index = if next < index { 0 } else { next };
                     }
                 }
                 _ => {
