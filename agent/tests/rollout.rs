@@ -35,7 +35,9 @@ fn web(version: u32, healthy: bool, action: &str) -> String {
     )
 }
 
-/// [`web`] with the given `update_config` (flow YAML).
+/// [`web`] with the given `update_config` (flow YAML). Named for the
+/// registry (`cntnr.service.name`) but with `network_mode: none`, so it has
+/// no entry a client could reach: its rollouts must not wait for one.
 fn web_with(version: u32, healthy: bool, update_config: &str) -> String {
     let image = common::test_image_ref();
     let cmd = if healthy {
@@ -44,7 +46,7 @@ fn web_with(version: u32, healthy: bool, update_config: &str) -> String {
         "exec sleep 3600"
     };
     format!(
-        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, '{cmd}']\n    environment: {{V: '{version}'}}\n    healthcheck: {{test: [CMD-SHELL, 'test -f /tmp/ok'], interval: 1s, timeout: 2s, retries: 1}}\n    deploy: {{replicas: 3, update_config: {update_config}}}\n"
+        "services:\n  web:\n    image: {image}\n    network_mode: none\n    stop_grace_period: 1s\n    command: [sh, -c, '{cmd}']\n    environment: {{V: '{version}'}}\n    annotations: {{cntnr.service.name: rollout-web}}\n    healthcheck: {{test: [CMD-SHELL, 'test -f /tmp/ok'], interval: 1s, timeout: 2s, retries: 1}}\n    deploy: {{replicas: 3, update_config: {update_config}}}\n"
     )
 }
 

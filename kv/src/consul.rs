@@ -508,8 +508,10 @@ impl Liveness {
         match r {
             Ok(resp) => Ok(resp.status() != StatusCode::NOT_FOUND),
             // Consul 1.8 answers 500 for a check it does not hold.
+            // With ACLs on it says "Unknown check" instead.
             Err(Error::Server { message, .. })
-                if message.contains("does not have associated TTL") =>
+                if message.contains("does not have associated TTL")
+                    || message.contains("Unknown check") =>
             {
                 Ok(false)
             }
@@ -756,6 +758,9 @@ impl ConsulStore {
                 meta: e.service.meta.unwrap_or_default(),
                 health: worst(&e.checks),
             })
+            // Sessions' liveness instances are never registry entries, even
+            // if an app is registered under the same name.
+            .filter(|i| i.meta.get(LIVENESS_META).map(String::as_str) != Some("session-liveness"))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((out, index))

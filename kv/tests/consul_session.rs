@@ -264,6 +264,10 @@ async fn liveness_services_are_not_registry_entries() {
     let _svc = ServiceGuard(liveness_id(&base, &sess).await);
     let names = store.service_names().await.unwrap();
     assert!(!names.contains(LIVENESS_SERVICE), "{names:?}");
+    // Nor instances, should an app be registered under the same name.
+    let live = liveness_id(&base, &sess).await;
+    let listed = store.instances(LIVENESS_SERVICE, false).await.unwrap();
+    assert!(listed.iter().all(|i| i.id != live), "{listed:?}");
 
     let name = format!("t{}-not-liveness", std::process::id());
     let id = format!("{name}-1");

@@ -139,6 +139,8 @@ pub enum CheckStatus {
     Warning,
     /// Not serving.
     Critical,
+    /// To be registered, but not written to the registry (yet).
+    Pending,
 }
 
 /// The longest health check output a [`ContainerStatus`] carries.
@@ -170,7 +172,7 @@ pub struct ContainerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_output: Option<String>,
     /// Its registry entry's check status as last written, for a registered
-    /// container (`None`: not registered, or not written yet). A rolling
+    /// container (`pending` until written; `None`: it has no entry). A rolling
     /// update waits for `passing` here, not only for `health`, so a
     /// replica counts as up only once load balancers can see it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,6 +369,7 @@ mod tests {
             node: node.clone(),
             hash: h.clone(),
             step: Step::Updating { since: 1 },
+            missing_since: None,
         };
         let s = ScheduleRecord {
             fencing_token: 7,

@@ -132,4 +132,10 @@ pub struct Surge {
     pub hash: ConfigHash,
     /// Its progress (`Updating`, `Monitoring`, `Done`, `Failed`).
     pub step: Step,
+    /// Since when a `Done` surge replica has not been seen at all (its
+    /// node gone, or its status record missing while its agent restarts).
+    /// Pinned to its node, it fails after the readiness deadline of that
+    /// (and is replaced) instead of holding the rollout forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<Millis>,
 }

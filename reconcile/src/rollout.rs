@@ -474,6 +474,19 @@ impl Rollout for ServiceRollout {
                 surge.step = fail(now, &why);
                 continue;
             }
+            if matches!(surge.step, Step::Done { .. }) {
+                if obs.is_some() {
+                    surge.missing_since = None;
+                } else {
+                    let since = *surge.missing_since.get_or_insert(now);
+                    if now >= since.saturating_add(deadline) {
+                        let secs = deadline.div_ceil(1000);
+                        surge.step = fail(now, &format!("not seen for {secs}s"));
+                        continue;
+                    }
+                    at(since.saturating_add(deadline));
+                }
+            }
             observe(
                 &mut surge.step,
                 obs,
@@ -676,6 +689,7 @@ impl Internal for ServiceRollout {
                             node,
                             hash: target.clone(),
                             step: Step::Updating { since: now },
+                            missing_since: None,
                         },
                     );
                     adv.advanced.push(number);

@@ -135,7 +135,7 @@ pub struct Supervisor {
     written: watch::Sender<BTreeSet<String>>,
     /// Instance id → the check status the writer last wrote this session
     /// (shown in status records, see [`Supervisor::registry_status`]).
-    published: Mutex<BTreeMap<String, cntnr_kv::Health>>,
+    published: Mutex<BTreeMap<String, (Registration, cntnr_kv::Health)>>,
     /// Whether a registry writer runs (a store session exists).
     writing: std::sync::atomic::AtomicBool,
     triggers: Mutex<Option<mpsc::UnboundedSender<ProjectName>>>,
@@ -678,30 +678,40 @@ impl Supervisor {
         }
     }
 
-    /// The check status this session last wrote for a followed
-    /// container's registry entry; `None` if it has no entry or none was
-    /// written yet.
+    /// The registry status of a followed container's entry: the check
+    /// status this session last wrote for exactly that entry (a new
+    /// container of the same replica has another config hash, so another
+    /// entry), `Pending` while it should be registered but is not written
+    /// (yet); `None` if it has no entry (not registered, or nothing a client
+    /// could reach, e.g. `network_mode: none`).
     pub fn registry_status(&self, id: &ContainerId) -> Option<CheckStatus> {
-        let instance = lock(&self.tracked).get(id)?.entry.as_ref()?.id.clone();
-        lock(&self.published).get(&instance).map(|h| match h {
-            cntnr_kv::Health::Passing => CheckStatus::Passing,
-            cntnr_kv::Health::Warning => CheckStatus::Warning,
-            cntnr_kv::Health::Critical => CheckStatus::Critical,
+        let entry = lock(&self.tracked).get(id)?.entry.clone()?;
+        let published = lock(&self.published);
+        Some(match published.get(&entry.id) {
+            Some((e, h)) if *e == entry => match h {
+                cntnr_kv::Health::Passing => CheckStatus::Passing,
+                cntnr_kv::Health::Warning => CheckStatus::Warning,
+                cntnr_kv::Health::Critical => CheckStatus::Critical,
+            },
+            _ => CheckStatus::Pending,
         })
     }
 
-    /// Records what the writer wrote for `instance` (`None`: removed); a
+    /// Records what the writer wrote for `entry` (`None`: removed); a
     /// change re-runs `project`'s pass, so its status record shows it.
     fn publish(
         &self,
         instance: &str,
         project: Option<&ProjectName>,
-        health: Option<cntnr_kv::Health>,
+        written: Option<(&Registration, cntnr_kv::Health)>,
     ) {
         let changed = {
             let mut p = lock(&self.published);
-            match health {
-                Some(h) => p.insert(instance.to_string(), h) != Some(h),
+            match written {
+                Some((e, h)) => {
+                    let new = (e.clone(), h);
+                    p.insert(instance.to_string(), new.clone()).as_ref() != Some(&new)
+                }
                 None => p.remove(instance).is_some(),
             }
         };
@@ -852,7 +862,7 @@ async fn write(
                 continue;
             }
             tracing::info!(service = %entry.name, instance = %id, address = %entry.address, port = entry.port, "registered");
-            sup.publish(&id, Some(&project), Some(health));
+            sup.publish(&id, Some(&project), Some((&entry, health)));
             written.insert(
                 id.clone(),
                 Written {
@@ -881,7 +891,7 @@ async fn write(
                     }
                 }
                 w.health = Some(health);
-                sup.publish(&id, Some(&project), Some(health));
+                sup.publish(&id, Some(&project), Some((&entry, health)));
             }
             Err(e) => {
                 failed = true;

@@ -198,7 +198,6 @@ impl Leader {
                         .collect()
                 })
                 .unwrap_or_default();
-            let registered = crate::registration::is_registered(spec);
             let observed: BTreeMap<u32, Observed> = placed
                 .iter()
                 .chain(surge_at.iter().filter(|(r, _)| !placed.contains_key(r)))
@@ -213,7 +212,7 @@ impl Leader {
                         Observed {
                             hash: c.config_hash.clone(),
                             state: c.state,
-                            health: visible_health(c, registered),
+                            health: visible_health(c),
                             exit_code: c.exit_code,
                         },
                     ))
@@ -356,18 +355,17 @@ impl Leader {
     }
 }
 
-/// A replica's health as a rollout judges it: a registered replica whose
-/// registry entry is not yet written passing counts as still starting,
-/// however healthy its check is, so the next replica is taken down only
-/// once load balancers list this one (the check result and the registry
-/// write race otherwise). Failures pass through unchanged.
-fn visible_health(c: &ContainerStatus, registered: bool) -> Health {
+/// A replica's health as a rollout judges it: a replica with a registry
+/// entry not yet written passing (status `registry` other than `passing`)
+/// counts as still starting, however healthy its check is, so the next
+/// replica is taken down only once load balancers list this one (the check
+/// result and the registry write race otherwise). A replica without an
+/// entry (`registry` absent: not registered, `network_mode: none`, or an
+/// older agent) is judged by its health alone. Failures pass through.
+fn visible_health(c: &ContainerStatus) -> Health {
     let up = matches!(c.health, Health::Healthy | Health::None);
-    if registered
-        && up
-        && c.state == ContainerState::Running
-        && c.registry != Some(CheckStatus::Passing)
-    {
+    let unlisted = c.registry.is_some_and(|r| r != CheckStatus::Passing);
+    if up && unlisted && c.state == ContainerState::Running {
         Health::Starting
     } else {
         c.health
@@ -570,38 +568,33 @@ mod tests {
             ..c.clone()
         };
         // Not written yet, or written critical: still starting.
-        assert_eq!(
-            visible_health(&with(Health::Healthy, None), true),
-            Health::Starting
-        );
-        let critical = Some(CheckStatus::Critical);
-        assert_eq!(
-            visible_health(&with(Health::Healthy, critical), true),
-            Health::Starting
-        );
-        assert_eq!(
-            visible_health(&with(Health::None, critical), true),
-            Health::Starting
-        );
+        for r in [CheckStatus::Pending, CheckStatus::Critical] {
+            assert_eq!(
+                visible_health(&with(Health::Healthy, Some(r))),
+                Health::Starting
+            );
+            assert_eq!(
+                visible_health(&with(Health::None, Some(r))),
+                Health::Starting
+            );
+        }
         // Passing: as its check says.
         let passing = Some(CheckStatus::Passing);
         assert_eq!(
-            visible_health(&with(Health::Healthy, passing), true),
+            visible_health(&with(Health::Healthy, passing)),
             Health::Healthy
         );
+        assert_eq!(visible_health(&with(Health::None, passing)), Health::None);
+        // Failures pass through; a replica without an entry is not gated.
         assert_eq!(
-            visible_health(&with(Health::None, passing), true),
-            Health::None
-        );
-        // Failures pass through; unregistered services are not gated.
-        assert_eq!(
-            visible_health(&with(Health::Unhealthy, passing), true),
+            visible_health(&with(Health::Unhealthy, passing)),
             Health::Unhealthy
         );
         assert_eq!(
-            visible_health(&with(Health::Healthy, None), false),
+            visible_health(&with(Health::Healthy, None)),
             Health::Healthy
         );
+        assert_eq!(visible_health(&with(Health::None, None)), Health::None);
     }
 
     fn project(v: u32) -> (Project, String) {

@@ -1233,3 +1233,56 @@ fn rollbacks_use_rollback_config() {
         [(1, h('b')), (2, h('a')), (3, h('a')), (4, h('a'))].into()
     );
 }
+
+#[test]
+fn a_surge_replica_not_seen_past_its_deadline_fails_and_one_back_in_time_goes_on() {
+    let cfg = start_first(1, 0, Pause);
+    let mut s = settings(&cfg, &cfg, true);
+    s.surge = Ok(vec![NodeName::new("n1").unwrap()]);
+    let deadline = s.check_ms + READY_MARGIN;
+    let set: BTreeSet<Replica> = [1, 2].into();
+    let start: BTreeMap<Replica, Option<ConfigHash>> =
+        [(1, Some(h('a'))), (2, Some(h('a')))].into();
+    let ok = |c| Observed {
+        hash: h(c),
+        state: S::Running,
+        health: RUN_OK,
+        exit_code: None,
+    };
+    let old: BTreeMap<Replica, Observed> = [(1, ok('a')), (2, ok('a'))].into();
+    let with_surge = {
+        let mut o = old.clone();
+        o.insert(3, ok('b'));
+        o
+    };
+    for back in [false, true] {
+        let mut ro = ServiceRollout::start(h('a'), h('b'), &start);
+        assert_eq!(ro.step(&s, &set, &old, 0).advanced, vec![3]);
+        // The surge replica is ready (monitor 0): replica 1 goes.
+        assert_eq!(ro.step(&s, &set, &with_surge, 10).advanced, vec![1]);
+        // Its node is gone: no status for it. It holds on until the deadline.
+        let adv = ro.step(&s, &set, &old, 20);
+        assert_eq!(ro.surge[&3].missing_since, Some(20));
+        assert!(matches!(ro.surge[&3].step, Step::Done { .. }));
+        assert!(
+            adv.recheck_at.is_some_and(|t| t <= 20 + deadline),
+            "{adv:?}"
+        );
+        if back {
+            // Seen again in time: it goes on.
+            ro.step(&s, &set, &with_surge, 30);
+            assert_eq!(ro.surge[&3].missing_since, None);
+            assert!(matches!(ro.surge[&3].step, Step::Done { .. }));
+            assert_eq!(ro.phase, Updating);
+        } else {
+            ro.step(&s, &set, &old, 20 + deadline);
+            assert!(
+                matches!(&ro.surge[&3].step, Step::Failed { reason, .. } if reason.starts_with("not seen for")),
+                "{:?}",
+                ro.surge[&3]
+            );
+            // A failure past max_failure_ratio 0: the update pauses.
+            assert_eq!(ro.phase, Paused);
+        }
+    }
+}
