@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cntnr_e2e::{shared_consul, shared_etcd};
-use common::{deploy, free_port, text, wait_for, Agent, Kind, TestStore};
+use common::{consul_get, deploy, free_port, text, wait_for, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -116,28 +116,6 @@ fn wait_agent<T>(a: &Agent, timeout: Duration, what: &str, mut f: impl FnMut() -
 }
 
 // ---------------------------------------------------------------- Consul
-
-/// GET on Consul's HTTP API: (X-Consul-Index, body).
-fn consul_get(path: &str, timeout: Duration) -> Option<(u64, String)> {
-    let mut s = TcpStream::connect(shared_consul().http_addr()).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1)? != "200" {
-        return None;
-    }
-    let index = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-consul-index")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    Some((index, body.to_string()))
-}
 
 fn consul_put(path: &str, body: &str) {
     let mut s = TcpStream::connect(shared_consul().http_addr()).unwrap();

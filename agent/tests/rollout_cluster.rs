@@ -24,42 +24,19 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, Read, Write};
-use std::net::TcpStream;
+use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use cntnr_e2e::{shared_consul, shared_etcd};
-use common::{deploy, status_record, text, Agent, Kind, TestStore};
+use cntnr_e2e::shared_etcd;
+use common::{consul_get, deploy, status_record, text, Agent, Kind, TestStore};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
 const REPLICAS: usize = 4;
-
-/// GET on Consul's HTTP API: (X-Consul-Index, body), `None` on any error.
-fn consul_get(path: &str, timeout: Duration) -> Option<(u64, String)> {
-    let mut s = TcpStream::connect(shared_consul().http_addr()).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    if head.split_whitespace().nth(1)? != "200" {
-        return None;
-    }
-    let index = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("x-consul-index")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    Some((index, body.to_string()))
-}
 
 /// The passing instances of a `/v1/health/service/<name>?passing` answer:
 /// instance id → the `config_hash` in its meta (the key registration

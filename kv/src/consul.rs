@@ -790,6 +790,31 @@ impl ConsulStore {
         Ok(name)
     }
 
+    /// `op` (one txn KV operation) on `key`, only while `fence`'s session
+    /// still holds its lock key at the index it was won at (its token), in
+    /// one atomic txn; `FencedOut` otherwise. The txn's results.
+    async fn fenced_txn(
+        &self,
+        key: &str,
+        fence: &Leadership,
+        op: serde_json::Value,
+        what: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        check_key(key)?;
+        if !fence.is_held() {
+            return Err(fence.fenced_out(key));
+        }
+        let ops = json!([
+            {"KV": {"Verb": "check-session", "Key": fence.key, "Session": fence.session_id}},
+            {"KV": {"Verb": "check-index", "Key": fence.key, "Index": fence.token}},
+            op,
+        ]);
+        self.c
+            .txn(&format!("fenced {what} of {key}"), ops)
+            .await?
+            .map_err(|_| fence.fenced_out(key))
+    }
+
     /// Removes instance `id` of service `name` wherever the catalog has it
     /// and says what was removed. When the local agent holds it
     /// (`/v1/agent/service/<id>`), through the agent API, so the agent's own
@@ -1166,49 +1191,17 @@ impl Store for ConsulStore {
     }
 
     async fn put_fenced(&self, key: &str, value: &[u8], fence: &Leadership) -> Result<Version> {
-        check_key(key)?;
-        let fenced = || Error::FencedOut {
-            key: key.into(),
-            lock: fence.key.clone(),
-            token: fence.token,
-        };
-        if !fence.is_held() {
-            return Err(fenced());
-        }
-        let op = format!("fenced write of {key}");
-        let ops = json!([
-            {"KV": {"Verb": "check-session", "Key": fence.key, "Session": fence.session_id}},
-            {"KV": {"Verb": "check-index", "Key": fence.key, "Index": fence.token}},
-            {"KV": {"Verb": "set", "Key": key, "Value": B64.encode(value)}},
-        ]);
-        match self.c.txn(&op, ops).await? {
-            Ok(r) => Ok(ConsulClient::result_index(&r, key)),
-            Err(_) => Err(fenced()),
-        }
+        let set = json!({"KV": {"Verb": "set", "Key": key, "Value": B64.encode(value)}});
+        let r = self.fenced_txn(key, fence, set, "write").await?;
+        Ok(ConsulClient::result_index(&r, key))
     }
 
     async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()> {
-        check_key(key)?;
-        let fenced = || Error::FencedOut {
-            key: key.into(),
-            lock: fence.key.clone(),
-            token: fence.token,
-        };
-        if !fence.is_held() {
-            return Err(fenced());
-        }
-        let op = format!("fenced delete of {key}");
-        // The checks of put_fenced, then the `delete` verb (a no-op for an
-        // absent key), all in one atomic txn.
-        let ops = json!([
-            {"KV": {"Verb": "check-session", "Key": fence.key, "Session": fence.session_id}},
-            {"KV": {"Verb": "check-index", "Key": fence.key, "Index": fence.token}},
-            {"KV": {"Verb": "delete", "Key": key}},
-        ]);
-        match self.c.txn(&op, ops).await? {
-            Ok(_) => Ok(()),
-            Err(_) => Err(fenced()),
-        }
+        // `delete` is a no-op for an absent key.
+        let delete = json!({"KV": {"Verb": "delete", "Key": key}});
+        self.fenced_txn(key, fence, delete, "delete")
+            .await
+            .map(drop)
     }
 
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {

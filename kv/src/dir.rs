@@ -504,6 +504,32 @@ impl DirStore {
         &self.inner.root
     }
 
+    /// `f` on `key`, only while `fence` still holds its lock: checked
+    /// (lock file version = token) under the writer lock, so no write of the
+    /// lock file can slip between the check and `f`; `FencedOut` otherwise.
+    async fn fenced<T: Send + 'static>(
+        &self,
+        key: &str,
+        fence: &Leadership,
+        f: impl FnOnce(&Inner, &WriteLock) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        check_dir_key(key)?;
+        if !fence.is_held() || !Self::guard_held(fence) {
+            return Err(fence.fenced_out(key));
+        }
+        let (lock, token) = (fence.key.clone(), fence.token);
+        let r = self
+            .blocking(move |i| {
+                let held = i.lock()?;
+                if i.read(&lock)?.is_none_or(|e| e.version != token) {
+                    return Ok(None);
+                }
+                f(i, &held).map(Some)
+            })
+            .await?;
+        r.ok_or_else(|| fence.fenced_out(key))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
@@ -909,61 +935,14 @@ impl Store for DirStore {
     }
 
     async fn put_fenced(&self, key: &str, value: &[u8], fence: &Leadership) -> Result<Version> {
-        check_dir_key(key)?;
-        let fenced = || Error::FencedOut {
-            key: key.into(),
-            lock: fence.key.clone(),
-            token: fence.token,
-        };
-        if !fence.is_held() || !Self::guard_held(fence) {
-            return Err(fenced());
-        }
-        let (k, value, lock, token) = (
-            key.to_string(),
-            value.to_vec(),
-            fence.key.clone(),
-            fence.token,
-        );
-        let r = self
-            .blocking(move |i| {
-                let held = i.lock()?;
-                if i.read(&lock)?.is_none_or(|e| e.version != token) {
-                    return Ok(None);
-                }
-                i.write(&held, &k, &value).map(Some)
-            })
-            .await?;
-        r.ok_or_else(fenced)
+        let (k, value) = (key.to_string(), value.to_vec());
+        self.fenced(key, fence, move |i, held| i.write(held, &k, &value))
+            .await
     }
 
     async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()> {
-        check_dir_key(key)?;
-        let fenced = || Error::FencedOut {
-            key: key.into(),
-            lock: fence.key.clone(),
-            token: fence.token,
-        };
-        if !fence.is_held() || !Self::guard_held(fence) {
-            return Err(fenced());
-        }
-        let (k, lock, token) = (key.to_string(), fence.key.clone(), fence.token);
-        // The same check as put_fenced, under the writer lock, so no write
-        // of the lock file can slip between the check and the delete.
-        let deleted = self
-            .blocking(move |i| {
-                let _held = i.lock()?;
-                if i.read(&lock)?.is_none_or(|e| e.version != token) {
-                    return Ok(false);
-                }
-                i.remove(&k)?;
-                Ok(true)
-            })
-            .await?;
-        if deleted {
-            Ok(())
-        } else {
-            Err(fenced())
-        }
+        let k = key.to_string();
+        self.fenced(key, fence, move |i, _| i.remove(&k)).await
     }
 
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {

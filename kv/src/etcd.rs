@@ -233,6 +233,33 @@ impl EtcdStore {
         kv.txn(txn).await.map_err(|e| map_err(op, e))
     }
 
+    /// `op` on `key`, only while `fence`'s lock key still has the
+    /// create-revision it was won at (its token); `FencedOut` otherwise.
+    async fn fenced_txn(
+        &self,
+        key: &str,
+        fence: &Leadership,
+        op: TxnOp,
+        what: &str,
+    ) -> Result<etcd_client::TxnResponse> {
+        check_key(key)?;
+        if !fence.is_held() {
+            return Err(fence.fenced_out(key));
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                fence.key.as_str(),
+                CompareOp::Equal,
+                fence.token as i64,
+            )])
+            .and_then([op]);
+        let resp = self.txn(&format!("fenced {what} of {key}"), txn).await?;
+        if !resp.succeeded() {
+            return Err(fence.fenced_out(key));
+        }
+        Ok(resp)
+    }
+
     async fn lease_id(session: &Session) -> Result<i64> {
         session.ensure_alive()?;
         session.id().parse::<i64>().map_err(|_| Error::SessionLost {
@@ -695,52 +722,17 @@ impl Store for EtcdStore {
     }
 
     async fn put_fenced(&self, key: &str, value: &[u8], fence: &Leadership) -> Result<Version> {
-        check_key(key)?;
-        let fenced = || Error::FencedOut {
-            key: key.into(),
-            lock: fence.key.clone(),
-            token: fence.token,
-        };
-        if !fence.is_held() {
-            return Err(fenced());
-        }
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                fence.key.as_str(),
-                CompareOp::Equal,
-                fence.token as i64,
-            )])
-            .and_then([TxnOp::put(key, value, None)]);
-        let resp = self.txn(&format!("fenced write of {key}"), txn).await?;
-        if !resp.succeeded() {
-            return Err(fenced());
-        }
+        let resp = self
+            .fenced_txn(key, fence, TxnOp::put(key, value, None), "write")
+            .await?;
         Ok(resp.header().map(|h| h.revision() as u64).unwrap_or(0))
     }
 
     async fn delete_fenced(&self, key: &str, fence: &Leadership) -> Result<()> {
-        check_key(key)?;
-        let fenced = || Error::FencedOut {
-            key: key.into(),
-            lock: fence.key.clone(),
-            token: fence.token,
-        };
-        if !fence.is_held() {
-            return Err(fenced());
-        }
-        // Same compare as put_fenced; deleting an absent key succeeds.
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                fence.key.as_str(),
-                CompareOp::Equal,
-                fence.token as i64,
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        let resp = self.txn(&format!("fenced delete of {key}"), txn).await?;
-        if !resp.succeeded() {
-            return Err(fenced());
-        }
-        Ok(())
+        // Deleting an absent key succeeds.
+        self.fenced_txn(key, fence, TxnOp::delete(key, None), "delete")
+            .await
+            .map(drop)
     }
 
     async fn register(&self, session: &Session, reg: &Registration) -> Result<()> {

@@ -133,6 +133,16 @@ impl Leadership {
         !*self.session_lost.borrow()
     }
 
+    /// The error of a fenced write or delete of `key` this leadership no
+    /// longer covers.
+    pub(crate) fn fenced_out(&self, key: &str) -> crate::Error {
+        crate::Error::FencedOut {
+            key: key.into(),
+            lock: self.key.clone(),
+            token: self.token,
+        }
+    }
+
     /// Resolves when the session behind this leadership is lost.
     pub async fn lost(&self) {
         let mut rx = self.session_lost.clone();

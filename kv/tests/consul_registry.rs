@@ -4,14 +4,18 @@
 //! reap), and that an instance of the local agent still goes through the
 //! agent API.
 
+mod consul_common;
+
+use consul_common::{base_url, get_json, http, store};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cntnr_e2e::shared_consul;
-use cntnr_kv::consul::{ConsulStore, Deregistered};
-use cntnr_kv::{ConnectOptions, DynStore, Health, Registration};
+use cntnr_kv::consul::Deregistered;
+use cntnr_kv::{DynStore, Health, Registration};
 use serde_json::{json, Value};
 
 fn unique(name: &str) -> String {
@@ -23,34 +27,6 @@ fn unique(name: &str) -> String {
         fastrand::u32(..),
         name
     )
-}
-
-fn http() -> reqwest::Client {
-    // Loopback only: a proxy from the environment must not apply.
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn base_url() -> String {
-    tokio::task::spawn_blocking(|| shared_consul().url())
-        .await
-        .unwrap()
-}
-
-async fn store() -> ConsulStore {
-    let addr = tokio::task::spawn_blocking(|| shared_consul().http_addr())
-        .await
-        .unwrap();
-    let opts = ConnectOptions {
-        connect_timeout: Some(Duration::from_secs(20)),
-        ..Default::default()
-    };
-    ConsulStore::connect(&addr, false, &opts).await.unwrap()
-}
-
-async fn get_json(url: &str) -> Value {
-    let r = http().get(url).send().await.unwrap();
-    assert!(r.status().is_success(), "GET {url}: {}", r.status());
-    r.json().await.unwrap()
 }
 
 /// `(node, service id)` of every catalog entry of `name`.
@@ -164,7 +140,7 @@ fn local_registration(name: &str, id: &str) -> Registration {
 /// The local node name is the agent's `Config.NodeName`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_node_is_the_agents_node_name() {
-    let s = store().await;
+    let s = store(None).await;
     let want = tokio::task::spawn_blocking(|| shared_consul().node_name().to_string())
         .await
         .unwrap();
@@ -180,7 +156,7 @@ async fn local_node_is_the_agents_node_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregister_removes_another_nodes_catalog_entry_and_local_ones_via_the_agent() {
     let base = base_url().await;
-    let s = store().await;
+    let s = store(None).await;
     let dyn_store: DynStore = Arc::new(s.clone());
     let ghost = GhostNode::new(&base);
     let name = unique("web");
@@ -261,7 +237,7 @@ async fn deregister_removes_another_nodes_catalog_entry_and_local_ones_via_the_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deregister_instance_reports_the_catalog_node_it_removed_from() {
     let base = base_url().await;
-    let s = store().await;
+    let s = store(None).await;
     let ghost = GhostNode::new(&base);
     let name = unique("api");
     let id = format!("{}/abcdef012345", ghost.node);

@@ -7,45 +7,20 @@
 //! session takes its liveness service with it, and so does a holder that
 //! learns its session is gone; liveness services are not registry entries.
 
+mod consul_common;
+
+use consul_common::{base_url, get_json, http, store};
+
 use std::time::Duration;
 
 use cntnr_e2e::shared_consul;
-use cntnr_kv::consul::{ConsulStore, LIVENESS_META, LIVENESS_SERVICE};
-use cntnr_kv::{ConnectOptions, Session, Store};
+use cntnr_kv::consul::{LIVENESS_META, LIVENESS_SERVICE};
+use cntnr_kv::{Session, Store};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 /// Consul's minimum session TTL.
 const TTL: Duration = Duration::from_secs(10);
-
-fn http() -> reqwest::Client {
-    // Loopback only: a proxy from the environment must not apply.
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-async fn base_url() -> String {
-    tokio::task::spawn_blocking(|| shared_consul().url())
-        .await
-        .unwrap()
-}
-
-async fn store() -> ConsulStore {
-    let addr = tokio::task::spawn_blocking(|| shared_consul().http_addr())
-        .await
-        .unwrap();
-    let opts = ConnectOptions {
-        connect_timeout: Some(Duration::from_secs(20)),
-        consul_lock_delay: Duration::from_secs(1),
-        ..Default::default()
-    };
-    ConsulStore::connect(&addr, false, &opts).await.unwrap()
-}
-
-async fn get_json(url: &str) -> Value {
-    let r = http().get(url).send().await.unwrap();
-    assert!(r.status().is_success(), "GET {url}: {}", r.status());
-    r.json().await.unwrap()
-}
 
 /// Deregisters a service from the harness's Consul agent on drop, even
 /// when the test fails (idempotent: an absent id is fine).
@@ -131,7 +106,7 @@ async fn register_other_tool(base: &str) -> ServiceGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_holders_session_is_invalidated_one_ttl_after_its_last_renewal() {
     let base = base_url().await;
-    let store = store().await;
+    let store = store(Some(Duration::from_secs(1))).await;
     let other_tool = register_other_tool(&base).await;
     assert_eq!(
         passing_ids(&base, "other-tool").await,
@@ -213,7 +188,7 @@ async fn a_dead_holders_session_is_invalidated_one_ttl_after_its_last_renewal() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_session_removes_its_liveness_service() {
     let base = base_url().await;
-    let store = store().await;
+    let store = store(Some(Duration::from_secs(1))).await;
     let sess = store.create_session(TTL).await.unwrap();
     let svc = ServiceGuard(liveness_id(&base, &sess).await);
     assert!(agent_service(&base, &svc.0).await.is_some());
@@ -234,7 +209,7 @@ async fn a_closed_session_removes_its_liveness_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_lost_behind_the_holders_back_removes_its_liveness_service() {
     let base = base_url().await;
-    let store = store().await;
+    let store = store(Some(Duration::from_secs(1))).await;
     let sess = store.create_session(TTL).await.unwrap();
     let svc = ServiceGuard(liveness_id(&base, &sess).await);
     let r = http()
@@ -259,7 +234,7 @@ async fn a_session_lost_behind_the_holders_back_removes_its_liveness_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_services_are_not_registry_entries() {
     let base = base_url().await;
-    let store = store().await;
+    let store = store(Some(Duration::from_secs(1))).await;
     let sess = store.create_session(TTL).await.unwrap();
     let _svc = ServiceGuard(liveness_id(&base, &sess).await);
     let names = store.service_names().await.unwrap();

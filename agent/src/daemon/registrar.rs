@@ -131,11 +131,10 @@ pub struct Supervisor {
     hints: Mutex<Hints>,
     /// Bumped on every change of the desired registry.
     rev: watch::Sender<u64>,
-    /// Instance ids the registry writer has registered in this session.
-    written: watch::Sender<BTreeSet<String>>,
-    /// Instance id → the check status the writer last wrote this session
-    /// (shown in status records, see [`Supervisor::registry_status`]).
-    published: Mutex<BTreeMap<String, (Registration, cntnr_kv::Health)>>,
+    /// Instance id → the entry and check status the registry writer last
+    /// wrote in this session (what a stop waits to see gone, and what
+    /// status records show, see [`Supervisor::registry_status`]).
+    written: watch::Sender<BTreeMap<String, (Registration, cntnr_kv::Health)>>,
     /// Whether a registry writer runs (a store session exists).
     writing: std::sync::atomic::AtomicBool,
     triggers: Mutex<Option<mpsc::UnboundedSender<ProjectName>>>,
@@ -167,8 +166,7 @@ impl Supervisor {
             tracked: Mutex::new(BTreeMap::new()),
             hints: Mutex::new(hints),
             rev: watch::channel(0).0,
-            written: watch::channel(BTreeSet::new()).0,
-            published: Mutex::new(BTreeMap::new()),
+            written: watch::channel(BTreeMap::new()).0,
             writing: std::sync::atomic::AtomicBool::new(false),
             triggers: Mutex::new(None),
         });
@@ -451,7 +449,7 @@ impl Supervisor {
             let mut written = self.written.subscribe();
             let _ = tokio::time::timeout(
                 DEREGISTER_WAIT,
-                written.wait_for(|w| !w.contains(&instance)),
+                written.wait_for(|w| !w.contains_key(&instance)),
             )
             .await;
         }
@@ -686,8 +684,8 @@ impl Supervisor {
     /// could reach, e.g. `network_mode: none`).
     pub fn registry_status(&self, id: &ContainerId) -> Option<CheckStatus> {
         let entry = lock(&self.tracked).get(id)?.entry.clone()?;
-        let published = lock(&self.published);
-        Some(match published.get(&entry.id) {
+        let written = self.written.borrow();
+        Some(match written.get(&entry.id) {
             Some((e, h)) if *e == entry => match h {
                 cntnr_kv::Health::Passing => CheckStatus::Passing,
                 cntnr_kv::Health::Warning => CheckStatus::Warning,
@@ -705,16 +703,13 @@ impl Supervisor {
         project: Option<&ProjectName>,
         written: Option<(&Registration, cntnr_kv::Health)>,
     ) {
-        let changed = {
-            let mut p = lock(&self.published);
-            match written {
-                Some((e, h)) => {
-                    let new = (e.clone(), h);
-                    p.insert(instance.to_string(), new.clone()).as_ref() != Some(&new)
-                }
-                None => p.remove(instance).is_some(),
+        let changed = self.written.send_if_modified(|p| match written {
+            Some((e, h)) => {
+                let new = (e.clone(), h);
+                p.insert(instance.to_string(), new.clone()).as_ref() != Some(&new)
             }
-        };
+            None => p.remove(instance).is_some(),
+        });
         if let (true, Some(project)) = (changed, project) {
             if let Some(tx) = lock(&self.triggers).as_ref() {
                 let _ = tx.send(project.clone());
@@ -769,13 +764,11 @@ pub async fn run(
     let mut written: BTreeMap<String, Written> = BTreeMap::new();
     let mut rev = sup.rev.subscribe();
     let mut cleaned = false;
-    sup.written.send_replace(BTreeSet::new());
+    sup.written.send_replace(BTreeMap::new());
     sup.writing.store(true, std::sync::atomic::Ordering::SeqCst);
     loop {
         rev.borrow_and_update();
         let failed = write(&store, &session, &sup, &shared, &mut written).await;
-        sup.written
-            .send_replace(written.keys().cloned().collect::<BTreeSet<_>>());
         if !cleaned && shared.is_ready() {
             cleaned = clean_orphans(&store, &sup, &written).await;
         }
@@ -796,8 +789,7 @@ pub async fn run(
     }
     sup.writing
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    sup.written.send_replace(BTreeSet::new());
-    lock(&sup.published).clear();
+    sup.written.send_replace(BTreeMap::new());
     Ok(())
 }
 

@@ -611,3 +611,26 @@ pub fn kill_shims(state: &Path) -> usize {
     });
     shims.len()
 }
+
+/// GET on Consul's HTTP API: (X-Consul-Index, body), `None` on any error
+/// (a plain HTTP/1.0 request to the harness's shared Consul).
+pub fn consul_get(path: &str, timeout: Duration) -> Option<(u64, String)> {
+    let mut s = TcpStream::connect(shared_consul().http_addr()).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1)? != "200" {
+        return None;
+    }
+    let index = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-consul-index")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    Some((index, body.to_string()))
+}
